@@ -1,0 +1,69 @@
+"""`megadyt info`: the model's shape, α₀ choices and exact parameter counts, without weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from megadyt.cli.main import add_config_arguments
+from megadyt.config import Config, load_config
+from megadyt.model.counting import count_parameters
+from megadyt.norms import resolve_alpha0
+
+HELP = "print model shape and exact parameter counts (no weights are allocated)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def model_info(cfg: Config) -> dict:
+    m = cfg.model
+    counts = count_parameters(m)
+    info = {
+        "name": m.name,
+        "norm": m.norm,
+        "params_total": counts.total,
+        "params_norm": counts.norm,
+        "params_embedding": counts.embedding,
+        "params_output": counts.output,
+        "params_attention": counts.attention,
+        "params_mlp": counts.mlp,
+        "num_layers": m.num_layers,
+        "hidden_size": m.hidden_size,
+        "ffn_hidden_size": m.ffn_hidden_size,
+        "num_attention_heads": m.num_attention_heads,
+        "num_query_groups": m.kv_heads,
+        "vocab_size": m.vocab_size,
+        "seq_length": m.seq_length,
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "global_batch_size": cfg.train.global_batch_size,
+        "tokens_per_step": cfg.train.global_batch_size * m.seq_length,
+        "embedding_scale": m.has_embedding_scale,
+        "tp": cfg.parallel.tp,
+        "sp": cfg.parallel.sp,
+        "zero_stage": cfg.parallel.zero_stage,
+    }
+    if m.norm != "rmsnorm":
+        alpha = resolve_alpha0(m.hidden_size, m.alpha0_attention, m.alpha0_ffn, m.alpha0_final)
+        info["alpha0"] = {
+            role: {"value": getattr(alpha, role), "source": alpha.sources[role]}
+            for role in ("attention", "ffn", "final")
+        }
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    info = model_info(load_config(args.config, args.overrides))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if key == "alpha0":
+            value = ", ".join(f"{r} {v['value']:.4g} ({v['source']})" for r, v in value.items())
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
+            value = f"{value:,}"
+        print(f"{key:<{width}}  {value}")
+    return 0

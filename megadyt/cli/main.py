@@ -1,0 +1,73 @@
+"""The `megadyt` command line: one entry point, one module per subcommand.
+
+Each subcommand module in `megadyt.cli` defines `HELP`, `add_arguments(parser)` and
+`run(args) -> int`. A `MegadytError` becomes a one-line message and exit code 2; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from megadyt.errors import MegadytError
+
+# subcommand name -> module under megadyt.cli
+COMMANDS = {
+    "info": "info",
+    "train": "train",
+    "train-tokenizer": "train_tokenizer",
+    "prepare-data": "prepare_data",
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """`--config PATH` and repeatable `--set section.key=value`, shared by every command."""
+    parser.add_argument("--config", required=required, help="YAML config, e.g. configs/tiny/dyt.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. --set parallel.tp=2",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megadyt", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"megadyt.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"megadyt.cli.{module_name}":
+                continue  # a command not built yet
+            raise
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        command.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.run(args) or 0)
+    except MegadytError as exc:
+        if debug:
+            raise
+        print(f"megadyt: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("megadyt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The one typed config tree of megadyt.
+
+Every command that takes `--config` loads a YAML file into `Config`, applies `--set` overrides,
+and calls `validate()` once at start-up; the rest of the code trusts the object. Precedence:
+`--set` > YAML file > the defaults written here. Each field's comment says what it means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+NormName = Literal["rmsnorm", "dyt", "derf"]
+RecomputeName = Literal["none", "selective", "full"]
+PrecisionName = Literal["auto", "bf16", "fp32"]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # a label for logs and checkpoints
+    norm: NormName = "dyt"  # which norm fills every norm slot (pre-attn, pre-FFN, final)
+    num_layers: int = 2
+    hidden_size: int = 128
+    ffn_hidden_size: int = 352  # SwiGLU inner width
+    num_attention_heads: int = 4
+    num_query_groups: int | None = None  # KV heads for GQA; None means one per attention head
+    vocab_size: int = 4096  # must match (or exceed) the tokenizer's vocabulary
+    seq_length: int = 128
+    rotary_base: int = 10000
+    norm_eps: float = 1e-5  # RMSNorm only
+    init_std: float = 0.02
+    # DyT/Derf. None means "chosen by the width rule" (megadyt.norms.alpha); a number overrides.
+    alpha0_attention: float | None = None
+    alpha0_ffn: float | None = None
+    alpha0_final: float | None = None
+    derf_shift_init: float = 0.0  # s0 of Derf (the paper: 0)
+    norm_bias: bool = False  # β in DyT/Derf; the paper's LLaMA code has none
+    # Learnable scalar multiplying the token embedding (init sqrt(hidden_size)).
+    # "auto": on for dyt/derf, off for rmsnorm, as in the paper.
+    embedding_scale: Literal["auto", "on", "off"] = "auto"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def has_embedding_scale(self) -> bool:
+        if self.embedding_scale == "auto":
+            return self.norm != "rmsnorm"
+        return self.embedding_scale == "on"
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1  # tensor-parallel size (megatron-core)
+    sp: bool = False  # sequence parallelism (needs tp > 1)
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0..3 over the data-parallel group
+    offload_optimizer: bool = False  # ZeRO 2/3: keep optimizer states in CPU memory
+    recompute: RecomputeName = "none"  # megatron-core activation checkpointing
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl with CUDA, gloo without
+    timeout_minutes: int = 30  # collective timeout before a hung rank fails the job
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    seed: int = 2023
+    micro_batch_size: int = 4
+    global_batch_size: int = 8  # sequences per optimizer step (micro × DP × accumulation)
+    lr: float = 1e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
+    warmup_steps: int | None = None  # None: min(2000, steps // 20), the paper's rule
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    # The paper's code decays every parameter; most codebases exclude norm parameters
+    # (γ, β, α, s) and the embedding scalar. True = the paper.
+    decay_norm_params: bool = True
+    precision: PrecisionName = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    log_interval: int = 1
+    eval_interval: int = 50
+    eval_iters: int = 4
+    save_interval: int = 50
+    exit_interval: int | None = None  # stop cleanly (after a checkpoint) once this step is done
+    max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
+    peak_tflops: float | None = None  # per device, for MFU; None: a default for the device
+
+
+@dataclass
+class DataConfig:
+    # Indexed dataset prefixes (PREFIX.bin/.idx) and their blend weights. The built-in
+    # corpus is used when empty ("builtin:stdlib" is built on first use).
+    prefixes: list[str] = field(default_factory=lambda: ["builtin:stdlib"])
+    weights: list[float] | None = None
+    split: str = "98,1,1"  # train/valid/test, megatron-core's split string
+    tokenizer: str = "builtin:stdlib"  # a SentencePiece .model file, or the built-in one
+    cache_dir: str = "data_cache"  # megatron-core's dataset index cache and built-in corpora
+    num_workers: int = 0
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/tiny-dyt"
+    name: str | None = None  # TensorBoard run label; None: the last part of `dir`
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self, world_size: int | None = None) -> Config:
+        from megadyt.config.validate import validate_config
+
+        validate_config(self, world_size)
+        return self

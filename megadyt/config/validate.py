@@ -1,0 +1,96 @@
+"""Cross-field checks of a Config: impossible layouts fail here, once, with the key named."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from megadyt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from megadyt.config.schema import Config
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_config(cfg: Config, world_size: int | None = None) -> None:
+    m, p, t, d = cfg.model, cfg.parallel, cfg.train, cfg.data
+    for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                "vocab_size", "seq_length"):
+        _require(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}")
+    _require(
+        m.hidden_size % m.num_attention_heads == 0,
+        f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads "
+        f"({m.num_attention_heads})",
+    )
+    _require(m.kv_heads > 0, f"model.num_query_groups must be positive, got {m.kv_heads}")
+    _require(
+        m.num_attention_heads % m.kv_heads == 0,
+        f"model.num_attention_heads ({m.num_attention_heads}) must be divisible by "
+        f"model.num_query_groups ({m.kv_heads})",
+    )
+    for key in ("alpha0_attention", "alpha0_ffn", "alpha0_final"):
+        value = getattr(m, key)
+        _require(value is None or value > 0, f"model.{key} must be positive, got {value}")
+
+    _require(p.tp >= 1, f"parallel.tp must be >= 1, got {p.tp}")
+    _require(
+        p.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}"
+    )
+    _require(not p.sp or p.tp > 1, "parallel.sp=true needs parallel.tp > 1 (SP splits over TP)")
+    _require(
+        not p.offload_optimizer or p.zero_stage in (2, 3),
+        f"parallel.offload_optimizer needs parallel.zero_stage 2 or 3, got {p.zero_stage}",
+    )
+    for key, value in (
+        ("model.num_attention_heads", m.num_attention_heads),
+        ("model.num_query_groups", m.kv_heads),
+        ("model.ffn_hidden_size", m.ffn_hidden_size),
+        ("model.vocab_size", m.vocab_size),
+    ):
+        _require(value % p.tp == 0, f"{key} ({value}) must be divisible by parallel.tp ({p.tp})")
+    if p.sp:
+        _require(
+            m.seq_length % p.tp == 0,
+            f"model.seq_length ({m.seq_length}) must be divisible by parallel.tp ({p.tp}) "
+            "under sequence parallelism",
+        )
+
+    for key in ("steps", "micro_batch_size", "global_batch_size", "log_interval",
+                "eval_interval", "save_interval", "max_bad_steps"):
+        _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}")
+    _require(t.lr > 0, f"train.lr must be positive, got {t.lr}")
+    _require(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
+    _require(
+        t.warmup_steps is None or 0 <= t.warmup_steps <= t.steps,
+        f"train.warmup_steps must be between 0 and train.steps ({t.steps}), got {t.warmup_steps}",
+    )
+    _require(
+        t.exit_interval is None or t.exit_interval > 0,
+        f"train.exit_interval must be positive, got {t.exit_interval}",
+    )
+    _require(
+        t.global_batch_size % t.micro_batch_size == 0,
+        f"train.global_batch_size ({t.global_batch_size}) must be a multiple of "
+        f"train.micro_batch_size ({t.micro_batch_size})",
+    )
+    if world_size is not None:
+        _require(
+            world_size % p.tp == 0,
+            f"world size {world_size} is not divisible by parallel.tp ({p.tp}); "
+            "launch a multiple of tp processes",
+        )
+        dp = world_size // p.tp
+        _require(
+            t.global_batch_size % (t.micro_batch_size * dp) == 0,
+            f"train.global_batch_size ({t.global_batch_size}) must be a multiple of "
+            f"train.micro_batch_size × data-parallel size ({t.micro_batch_size} × {dp})",
+        )
+
+    _require(len(d.prefixes) > 0, "data.prefixes must name at least one dataset")
+    _require(
+        d.weights is None or len(d.weights) == len(d.prefixes),
+        f"data.weights has {len(d.weights or [])} entries but data.prefixes has {len(d.prefixes)}",
+    )

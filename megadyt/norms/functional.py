@@ -1,0 +1,54 @@
+"""The squashing functions that replace normalization, as plain differentiable formulas.
+
+These are the reference definitions (tests compare every faster path against them):
+    dyt(x)  = weight * tanh(alpha * x) (+ bias)            -- "Transformers without Normalization"
+    derf(x) = weight * erf(alpha * x + shift) (+ bias)     -- "Stronger Normalization-Free Transformers"
+Low-precision inputs (bf16/fp16) are computed in fp32 and returned in the input dtype, because
+tanh/erf saturate and lose their small slopes in bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+
+
+def dyt(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dynamic Tanh: `weight * tanh(alpha * x) (+ bias)`, broadcasting weight over the last dim."""
+    dtype = _compute_dtype(x)
+    y = weight.to(dtype) * torch.tanh(alpha.to(dtype) * x.to(dtype))
+    if bias is not None:
+        y = y + bias.to(dtype)
+    return y.to(x.dtype)
+
+
+def derf(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    shift: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dynamic erf: `weight * erf(alpha * x + shift) (+ bias)`."""
+    dtype = _compute_dtype(x)
+    y = weight.to(dtype) * torch.erf(alpha.to(dtype) * x.to(dtype) + shift.to(dtype))
+    if bias is not None:
+        y = y + bias.to(dtype)
+    return y.to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm baseline, `x / rms(x) * weight`, in fp32 for low-precision inputs."""
+    dtype = _compute_dtype(x)
+    y = torch.nn.functional.rms_norm(x.to(dtype), (x.shape[-1],), weight.to(dtype), eps)
+    return y.to(x.dtype)

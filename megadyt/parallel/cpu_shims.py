@@ -1,0 +1,71 @@
+"""CPU-only shims for megatron-core's CUDA assumptions. Never active when CUDA is present.
+
+megatron-core 0.16 assumes CUDA in three places that matter for running the tiny configs on a
+laptop or CI machine (see shared/notes/platform.md):
+  1. `torch.cuda.current_device()` is used as an allocation device (rotary embeddings, the
+     sequence-parallel gather/scatter buffers, GlobalMemoryBuffer);
+  2. the tensor-parallel RNG tracker saves and restores CUDA generator states;
+  3. weights must be initialised with `use_cpu_initialization=True` (set in model/llama.py).
+`install()` answers (1) with "cpu" and (2) with a tracker over the CPU generator. It is called by
+`megadyt.parallel.distributed` and is a no-op when `torch.cuda.is_available()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from megatron.core.tensor_parallel import random as tp_random
+
+_installed = False
+
+
+class CpuRNGStatesTracker(tp_random.CudaRNGStatesTracker):
+    """megatron-core's RNG tracker, forking the CPU generator instead of a CUDA one."""
+
+    def add(self, name: str, seed: int) -> None:
+        self._is_initialized = True
+        if seed in self.seeds_:
+            raise RuntimeError(f"rng seed {seed} already exists")
+        if name in self.states_:
+            raise RuntimeError(f"rng state {name} already exists")
+        self.seeds_.add(seed)
+        generator = torch.Generator().manual_seed(seed)
+        self.states_[name] = generator.get_state()
+
+    @contextlib.contextmanager
+    def fork(self, name: str = tp_random._MODEL_PARALLEL_RNG_TRACKER_NAME):
+        if name not in self.states_:
+            raise RuntimeError(f"rng state {name} is not added")
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.states_[name])
+        try:
+            yield
+        finally:
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+
+def cuda_absent() -> bool:
+    return not torch.cuda.is_available()
+
+
+def install() -> None:
+    """Install the shims if (and only if) there is no CUDA device."""
+    global _installed
+    if _installed or not cuda_absent():
+        return
+    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
+    tp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
+    tp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    # model_parallel_cuda_manual_seed calls torch.cuda.manual_seed, a no-op without CUDA; its
+    # tracker.reset()/add() then go to CpuRNGStatesTracker. Keep initialize_rng_tracker from
+    # replacing our tracker with a CUDA one.
+    tp_random.initialize_rng_tracker = _keep_cpu_tracker
+    _installed = True
+
+
+def _keep_cpu_tracker(*args, force_reset: bool = False, **kwargs) -> None:
+    if force_reset or not isinstance(tp_random._CUDA_RNG_STATE_TRACKER, CpuRNGStatesTracker):
+        tp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
+    tp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
