@@ -7,6 +7,7 @@ value against the field's type, so a typo fails at start-up with the key's dotte
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,9 @@ import yaml
 
 from megadyt.config.schema import Config
 from megadyt.errors import ConfigError
+
+# YAML 1.1 (PyYAML) reads exponent floats without a dot, such as 1e-3, as strings.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
 
 
 def _type_name(tp: Any) -> str:
@@ -39,6 +43,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 continue
     elif origin is Literal:
+        # YAML 1.1 reads on/off as booleans; map them back for literals spelled "on"/"off".
+        if isinstance(value, bool) and ("on" if value else "off") in typing.get_args(tp):
+            return "on" if value else "off"
         if value in typing.get_args(tp):
             return value
     elif origin is list:
@@ -56,6 +63,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
             return float(value)
     elif tp is str:
         if isinstance(value, str):
