@@ -1,0 +1,28 @@
+"""`megadyt train`: pretrain under torchrun, srun, or as a single process."""
+
+from __future__ import annotations
+
+import argparse
+
+from megadyt.cli.main import add_config_arguments
+from megadyt.config import load_config
+
+HELP = "pretrain a model (single process, or under torchrun / srun)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from megadyt.parallel.distributed import destroy_distributed
+    from megadyt.training.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        result = train(cfg)
+    finally:
+        destroy_distributed()
+    if result.last_step < cfg.train.steps:
+        print(f"stopped at step {result.last_step} (train.exit_interval); rerun to continue")
+    return 0

@@ -1,0 +1,82 @@
+"""Wrap a megatron-core model in a DeepSpeed engine: ZeRO over the data-parallel group.
+
+DeepSpeed owns data parallelism, gradient accumulation, ZeRO sharding, optional optimizer
+offload, bf16 and gradient clipping; megatron-core's TP groups reach it through the mpu adapter.
+"""
+
+from __future__ import annotations
+
+import deepspeed
+import torch
+from megatron.core import parallel_state
+
+from megadyt.config.schema import Config
+from megadyt.parallel.mpu import MegatronMPU
+from megadyt.training.optim import parameter_groups
+
+
+def use_bf16(cfg: Config) -> bool:
+    if cfg.train.precision == "auto":
+        return torch.cuda.is_available()
+    return cfg.train.precision == "bf16"
+
+
+def gradient_accumulation_steps(cfg: Config) -> int:
+    dp = parallel_state.get_data_parallel_world_size()
+    return cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
+
+
+def deepspeed_config(cfg: Config) -> dict:
+    t, p = cfg.train, cfg.parallel
+    zero: dict = {"stage": p.zero_stage, "contiguous_gradients": True}
+    if p.zero_stage >= 2:
+        zero["overlap_comm"] = torch.cuda.is_available()
+    if p.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    config = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps(cfg),
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": use_bf16(cfg), "check_grad_overflow": True},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "dump_state": False,
+    }
+    if p.offload_optimizer:  # DeepSpeed's CPU Adam runs the offloaded update
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {
+                "lr": t.lr,
+                "betas": [t.adam_beta1, t.adam_beta2],
+                "eps": t.adam_eps,
+                "weight_decay": t.weight_decay,
+            },
+        }
+    return config
+
+
+def build_engine(cfg: Config, model: torch.nn.Module, norm_names: set[str]):
+    """deepspeed.initialize with the recipe's AdamW; returns the engine."""
+    t = cfg.train
+    groups = parameter_groups(model, norm_names, t.decay_norm_params, t.weight_decay)
+    optimizer = None
+    if not cfg.parallel.offload_optimizer:
+        optimizer = torch.optim.AdamW(
+            groups,
+            lr=t.lr,
+            betas=(t.adam_beta1, t.adam_beta2),
+            eps=t.adam_eps,
+            weight_decay=t.weight_decay,
+            fused=torch.cuda.is_available(),
+        )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        model_parameters=groups if optimizer is None else None,
+        config=deepspeed_config(cfg),
+        mpu=MegatronMPU(),
+    )
+    return engine

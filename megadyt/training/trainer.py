@@ -1,0 +1,247 @@
+"""The pretraining loop. It never knows which norm it trains: the model comes from the config.
+
+Order of a step: set the LR for this step, then for each micro-batch forward, check the loss is
+finite on every rank, backward and `engine.step()` (DeepSpeed applies the update at the
+accumulation boundary). Samples are addressed by global index (step × global batch + offset),
+so the data seen does not depend on the data-parallel size, and resuming needs only the step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from megatron.core import parallel_state
+
+from megadyt.config.schema import Config
+from megadyt.errors import MegadytError
+from megadyt.model import build_model, norm_parameter_names
+from megadyt.parallel.distributed import device, init_distributed, seed_everything
+from megadyt.training import checkpoint
+from megadyt.training.engine import build_engine, gradient_accumulation_steps
+from megadyt.training.metrics import MetricsLogger, flops_per_token, memory_gb, peak_tflops
+from megadyt.training.optim import lr_at
+
+
+@dataclass
+class TrainResult:
+    first_step: int  # 0 for a fresh run, else the resumed step
+    last_step: int
+    losses: dict[int, float]  # step -> training loss (global batch mean)
+    skipped_steps: int
+
+
+def _check_same_config_on_all_ranks(cfg: Config) -> None:
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+    digests = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, digest)
+    bad = [r for r, d in enumerate(digests) if d != digests[0]]
+    if bad:
+        raise MegadytError(f"rank {bad[0]} has a different config from rank 0; launch every rank "
+                           "with the same --config and --set values")
+
+
+def micro_batch_indices(step: int, micro: int, cfg: Config) -> range:
+    """Global sample indices of one micro-batch on this DP rank."""
+    dp = parallel_state.get_data_parallel_world_size()
+    dp_rank = parallel_state.get_data_parallel_rank()
+    mbs = cfg.train.micro_batch_size
+    start = step * cfg.train.global_batch_size + (micro * dp + dp_rank) * mbs
+    return range(start, start + mbs)
+
+
+def collate(dataset, indices) -> dict[str, torch.Tensor]:
+    samples = [dataset[i] for i in indices]
+    dev = device()
+    return {
+        key: torch.stack([torch.as_tensor(s[key]) for s in samples]).to(dev)
+        for key in ("tokens", "labels", "loss_mask")
+    }
+
+
+def loss_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    per_token = model(batch["tokens"], labels=batch["labels"]).float()
+    mask = batch["loss_mask"].float()
+    return (per_token * mask).sum() / mask.sum()
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    flag = torch.tensor([1.0 if torch.isfinite(value).all() else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _mean_over_dp(values: list[float]) -> float:
+    t = torch.tensor([sum(values), float(len(values))], dtype=torch.float64)
+    dist.all_reduce(t, group=parallel_state.get_data_parallel_group(with_context_parallel=False))
+    return (t[0] / t[1]).item()
+
+
+class Trainer:
+    """Holds the engine, data and logger for one run; `run()` trains to the configured end."""
+
+    def __init__(self, cfg: Config, train_data, valid_data=None) -> None:
+        self.cfg = cfg
+        self.train_data, self.valid_data = train_data, valid_data
+        self.rank0 = dist.get_rank() == 0
+        self.run_dir = Path(cfg.run.dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        seed_everything(cfg.train.seed)
+        model = build_model(cfg).to(device())
+        self.norm_names = set(norm_parameter_names(model))
+        self.engine = build_engine(cfg, model, self.norm_names)
+        self.gas = gradient_accumulation_steps(cfg)
+        self.flops_per_token = flops_per_token(cfg)
+        self.peak_tflops = peak_tflops(cfg)
+        self.skipped = 0
+        self.consecutive_bad = 0
+
+    # -- one optimizer step ------------------------------------------------------------------
+    def _set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_step(self, step: int) -> tuple[float, float, bool]:
+        """Run optimizer step `step` (0-based); returns (loss, grad norm, applied)."""
+        self.engine.train()
+        self._set_lr(lr_at(step, self.cfg.train))
+        skipped_before = self.engine.skipped_steps
+        losses, finite = [], True
+        for micro in range(self.gas):
+            batch = collate(self.train_data, micro_batch_indices(step, micro, self.cfg))
+            loss = loss_of(self.engine, batch)
+            finite = _all_finite(loss.detach()) and finite
+            if not finite:
+                # Never apply this step: lr 0 leaves AdamW's weights as they are, and ZeRO-0
+                # grads are cleared so no NaN reaches the optimizer (ZeRO 1-3 skip on their own).
+                self._set_lr(0.0)
+            self.engine.backward(loss)
+            if not finite and self.cfg.parallel.zero_stage == 0 and micro == self.gas - 1:
+                for p in self.engine.module.parameters():
+                    if p.grad is not None:
+                        p.grad.zero_()
+            self.engine.step()
+            losses.append(loss.detach().item())
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float("nan") if grad_norm is None else float(grad_norm)
+        applied = finite and self.engine.skipped_steps == skipped_before
+        if applied and not torch.isfinite(torch.tensor(grad_norm)):
+            applied = False
+        return _mean_over_dp(losses), grad_norm, applied
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        if self.valid_data is None or len(self.valid_data) == 0:
+            return None
+        self.engine.eval()
+        losses = []
+        for it in range(self.cfg.train.eval_iters):
+            for micro in range(self.gas):
+                indices = [i % len(self.valid_data) for i in micro_batch_indices(it, micro, self.cfg)]
+                losses.append(loss_of(self.engine, collate(self.valid_data, indices)).item())
+        return _mean_over_dp(losses)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _norm_scalars(self) -> dict[str, float]:
+        out = {}
+        for name, param in self.engine.module.named_parameters():
+            if name.endswith(("alpha", "shift")) or name.endswith("embedding_scale"):
+                short = (name.replace("decoder.layers.", "layer").replace("decoder.", "")
+                         .replace("input_layernorm", "attention").replace("pre_mlp_layernorm", "ffn")
+                         .replace("final_layernorm", "final").replace("embedding.", ""))
+                kind = name.rsplit(".", 1)[-1]
+                out[f"norm/{kind}/{short.rsplit('.', 1)[0]}" if kind != "embedding_scale"
+                    else "model/embedding_scale"] = float(param.detach().float().reshape(-1)[0])
+        return out
+
+    def save(self, step: int) -> None:
+        checkpoint.save_checkpoint(self.engine, self.ckpt_dir, step, {"step": step})
+
+    def run(self) -> TrainResult:
+        cfg, t = self.cfg, self.cfg.train
+        client = checkpoint.load_checkpoint(self.engine, self.ckpt_dir)
+        first = int(client["step"]) if client else 0
+        logger = MetricsLogger(self.run_dir, self.rank0, t.steps,
+                               cfg.run.name or self.run_dir.name)
+        if client:
+            logger.message(f"resumed from {self.ckpt_dir / checkpoint.tag_for(first)}")
+        stop_at = min(t.steps, t.exit_interval) if t.exit_interval else t.steps
+        losses: dict[int, float] = {}
+        tokens_per_step = t.global_batch_size * cfg.model.seq_length
+        world = dist.get_world_size()
+        window_start, window_steps = time.perf_counter(), 0
+        step = first
+        try:
+            while step < stop_at:
+                loss, grad_norm, applied = self.train_step(step)
+                step += 1
+                window_steps += 1
+                losses[step] = loss
+                if not applied:
+                    self.skipped += 1
+                    self.consecutive_bad += 1
+                    logger.log(step, {"train/skipped_step": 1.0, "train/bad_loss": loss})
+                    logger.message(f"step {step}: non-finite loss or grad norm; step skipped")
+                    if self.consecutive_bad >= t.max_bad_steps:
+                        raise MegadytError(
+                            f"{self.consecutive_bad} consecutive non-finite steps (up to step "
+                            f"{step}); stopping. The last good checkpoint in {self.ckpt_dir} is "
+                            "intact: lower train.lr or check the data, then rerun to resume"
+                        )
+                    continue
+                self.consecutive_bad = 0
+                if step % t.log_interval == 0 or step == stop_at:
+                    elapsed = time.perf_counter() - window_start
+                    tps = tokens_per_step * window_steps / elapsed
+                    tflops = tps * self.flops_per_token / 1e12 / world
+                    scalars = {
+                        "train/loss": loss, "train/lr": lr_at(step - 1, t),
+                        "train/grad_norm": grad_norm, "train/tokens": step * tokens_per_step,
+                        "train/tokens_per_s": tps, "perf/tflops_per_device": tflops,
+                        "perf/mfu": tflops / self.peak_tflops, "perf/memory_gb": memory_gb(),
+                        "train/skipped_steps_total": float(self.skipped),
+                        **self._norm_scalars(),
+                    }
+                    logger.log(step, scalars)
+                    logger.progress(step, loss, tps, step - first)
+                    window_start, window_steps = time.perf_counter(), 0
+                if step % t.eval_interval == 0 or step == t.steps:
+                    valid = self.validation_loss()
+                    if valid is not None:
+                        logger.log(step, {"valid/loss": valid,
+                                          "train/tokens": step * tokens_per_step})
+                        logger.message(f"step {step}: validation loss {valid:.4f}")
+                if step % t.save_interval == 0 or step == stop_at:
+                    self.save(step)
+        finally:
+            logger.close()
+        return TrainResult(first, step, losses, self.skipped)
+
+
+def save_run_config(cfg: Config) -> None:
+    """config.yaml beside the checkpoints: the exact config this run used (rank 0, atomic)."""
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def train(cfg: Config, datasets=None) -> TrainResult:
+    """Initialise distributed state, build data and engine, train. `datasets` (train, valid)
+    overrides the config's data section (tests use it for synthetic token sources)."""
+    env = init_distributed(cfg.parallel.tp, cfg.parallel.backend, cfg.parallel.timeout_minutes)
+    cfg.validate(env.world_size)
+    _check_same_config_on_all_ranks(cfg)
+    if dist.get_rank() == 0:
+        save_run_config(cfg)
+    if datasets is None:
+        from megadyt.training.data import build_train_valid
+
+        datasets = build_train_valid(cfg)
+    return Trainer(cfg, *datasets).run()
