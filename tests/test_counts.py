@@ -67,9 +67,18 @@ def test_info_reproduces_published_counts(capsys, size):
 def test_info_json_has_required_keys(capsys):
     info = info_json(capsys, CONFIGS / "llama-70b" / "dyt.yaml")
     required = {
-        "params_total", "params_norm", "norm", "num_layers", "hidden_size", "ffn_hidden_size",
-        "num_attention_heads", "num_query_groups", "vocab_size", "seq_length",
-        "micro_batch_size", "global_batch_size",
+        "params_total",
+        "params_norm",
+        "norm",
+        "num_layers",
+        "hidden_size",
+        "ffn_hidden_size",
+        "num_attention_heads",
+        "num_query_groups",
+        "vocab_size",
+        "seq_length",
+        "micro_batch_size",
+        "global_batch_size",
     }
     assert required <= set(info)
     cfg = load_config(CONFIGS / "llama-70b" / "dyt.yaml")
@@ -92,7 +101,10 @@ def test_module_and_console_entry_points_agree(capsys):
     in_process = info_json(capsys, path)
     proc = subprocess.run(
         [sys.executable, "-m", "megadyt", "info", "--config", str(path), "--json"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == in_process
@@ -125,9 +137,7 @@ def distributed():
     destroy_distributed()
 
 
-VARIANTS = [
-    (path, ()) for path in TINY
-] + [
+VARIANTS = [(path, ()) for path in TINY] + [
     (CONFIGS / "tiny" / "dyt.yaml", ("model.num_query_groups=2",)),
     (CONFIGS / "tiny" / "rmsnorm.yaml", ("model.num_query_groups=1",)),
     (CONFIGS / "tiny" / "dyt.yaml", ("model.norm_bias=true",)),

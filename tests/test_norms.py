@@ -277,8 +277,9 @@ def test_rmsnorm_module_saturated_inputs(config, dtype):
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
     assert torch.isfinite(module.weight.grad).all()
     expected = ref_rms(x.detach().double(), torch.ones(H, dtype=torch.float64), 1e-5)
-    torch.testing.assert_close(y.double(), expected, rtol=2**-7 if dtype != torch.float32 else 1e-6,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        y.double(), expected, rtol=2**-7 if dtype != torch.float32 else 1e-6, atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------ modules
@@ -329,11 +330,13 @@ def test_module_forward_backward(config, kind, with_bias, dtype):
         torch.testing.assert_close(xm.grad, xr.grad, rtol=1e-6, atol=1e-6)
     else:
         assert torch.equal(y, y_ref.to(dtype))
-        torch.testing.assert_close(xm.grad.float(), xr.grad.to(dtype).float(), rtol=2**-7,
-                                   atol=1e-6)
+        torch.testing.assert_close(
+            xm.grad.float(), xr.grad.to(dtype).float(), rtol=2**-7, atol=1e-6
+        )
     for name in p:
-        torch.testing.assert_close(getattr(module, name).grad, ref_p[name].grad, rtol=1e-4,
-                                   atol=1e-5)
+        torch.testing.assert_close(
+            getattr(module, name).grad, ref_p[name].grad, rtol=1e-4, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -424,8 +427,9 @@ def test_functional_non_contiguous_input(kind):
 @pytest.mark.parametrize("sp", [False, True])
 @pytest.mark.parametrize("kind", ["dyt", "derf", "rmsnorm"])
 def test_parameters_carry_sequence_parallel(kind, sp):
-    cfg = make_config(sequence_parallel=sp, tensor_model_parallel_size=2 if sp else 1,
-                      num_attention_heads=2)
+    cfg = make_config(
+        sequence_parallel=sp, tensor_model_parallel_size=2 if sp else 1, num_attention_heads=2
+    )
     assert cfg.sequence_parallel is sp
     cls = {"dyt": DyT, "derf": Derf, "rmsnorm": RMSNorm}[kind]
     kwargs = {"bias": True} if kind != "rmsnorm" else {}

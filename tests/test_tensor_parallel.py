@@ -31,7 +31,9 @@ SMALL = [
 def _config(norm: str, tp: int, sp: bool):
     from megadyt.config import load_config
 
-    return load_config(None, [*SMALL, f"model.norm={norm}", f"parallel.tp={tp}", f"parallel.sp={sp}"])
+    return load_config(
+        None, [*SMALL, f"model.norm={norm}", f"parallel.tp={tp}", f"parallel.sp={sp}"]
+    )
 
 
 def _tokens(seed: int = 7) -> torch.Tensor:
@@ -58,7 +60,9 @@ def _reference(rank: int, world_size: int) -> dict:
         loss = _step(model, _tokens())
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         out[norm] = {
-            "state": initial, "loss": loss, "grads": grads,
+            "state": initial,
+            "loss": loss,
+            "grads": grads,
             "norm_names": norm_parameter_names(model),
         }
     return out
@@ -117,13 +121,19 @@ def test_tp2_matches_tp1(runs, norm, sp):
         if split is None:  # replicated: every rank must hold the full (TP-summed) gradient
             for r in ranks:
                 torch.testing.assert_close(
-                    r["grads"][name], ref_grad, rtol=1e-4, atol=1e-6,
+                    r["grads"][name],
+                    ref_grad,
+                    rtol=1e-4,
+                    atol=1e-6,
                     msg=lambda m, n=name: f"{n} (replicated) differs from TP=1: {m}",
                 )
         else:
             merged = merge_tensor([r["grads"][name] for r in ranks], *split)
             torch.testing.assert_close(
-                merged, ref_grad, rtol=1e-4, atol=1e-6,
+                merged,
+                ref_grad,
+                rtol=1e-4,
+                atol=1e-6,
                 msg=lambda m, n=name: f"{n} (TP-split) differs from TP=1: {m}",
             )
 
@@ -155,8 +165,12 @@ def _sp_norm_grads(rank: int, world_size: int) -> dict:
 
     init_distributed(tp=world_size)
     config = TransformerConfig(
-        num_layers=1, hidden_size=8, num_attention_heads=2, tensor_model_parallel_size=world_size,
-        sequence_parallel=True, use_cpu_initialization=True,
+        num_layers=1,
+        hidden_size=8,
+        num_attention_heads=2,
+        tensor_model_parallel_size=world_size,
+        sequence_parallel=True,
+        use_cpu_initialization=True,
     )
     x = torch.randn(6, 3, 8, generator=torch.Generator().manual_seed(0))
     layer = DyT(config, 8, alpha0=0.7)

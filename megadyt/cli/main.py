@@ -24,7 +24,9 @@ COMMANDS = {
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """`--config PATH` and repeatable `--set section.key=value`, shared by every command."""
-    parser.add_argument("--config", required=required, help="YAML config, e.g. configs/tiny/dyt.yaml")
+    parser.add_argument(
+        "--config", required=required, help="YAML config, e.g. configs/tiny/dyt.yaml"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",

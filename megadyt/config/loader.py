@@ -76,7 +76,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"config section '{prefix or 'top level'}' must be a mapping, got {data!r}")
+        raise ConfigError(
+            f"config section '{prefix or 'top level'}' must be a mapping, got {data!r}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -127,7 +129,9 @@ def merge_overrides(data: dict, overrides: list[str]) -> dict:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; pass an existing YAML, e.g. configs/tiny/dyt.yaml")
+        raise ConfigError(
+            f"config file '{path}' not found; pass an existing YAML, e.g. configs/tiny/dyt.yaml"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -17,8 +17,14 @@ def _require(condition: bool, message: str) -> None:
 
 def validate_config(cfg: Config, world_size: int | None = None) -> None:
     m, p, t, d = cfg.model, cfg.parallel, cfg.train, cfg.data
-    for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                "vocab_size", "seq_length"):
+    for key in (
+        "num_layers",
+        "hidden_size",
+        "ffn_hidden_size",
+        "num_attention_heads",
+        "vocab_size",
+        "seq_length",
+    ):
         _require(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}")
     _require(
         m.hidden_size % m.num_attention_heads == 0,
@@ -37,7 +43,8 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
 
     _require(p.tp >= 1, f"parallel.tp must be >= 1, got {p.tp}")
     _require(
-        p.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}"
+        p.zero_stage in (0, 1, 2, 3),
+        f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}",
     )
     _require(not p.sp or p.tp > 1, "parallel.sp=true needs parallel.tp > 1 (SP splits over TP)")
     _require(
@@ -58,11 +65,20 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
             "under sequence parallelism",
         )
 
-    for key in ("steps", "micro_batch_size", "global_batch_size", "log_interval",
-                "eval_interval", "save_interval", "max_bad_steps"):
+    for key in (
+        "steps",
+        "micro_batch_size",
+        "global_batch_size",
+        "log_interval",
+        "eval_interval",
+        "save_interval",
+        "max_bad_steps",
+    ):
         _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}")
     _require(t.lr > 0, f"train.lr must be positive, got {t.lr}")
-    _require(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
+    _require(
+        0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}"
+    )
     _require(
         t.warmup_steps is None or 0 <= t.warmup_steps <= t.steps,
         f"train.warmup_steps must be between 0 and train.steps ({t.steps}), got {t.warmup_steps}",

@@ -3,4 +3,10 @@
 from megadyt.model.counting import ParameterCounts, count_parameters
 from megadyt.model.llama import LlamaModel, build_model, norm_parameter_names
 
-__all__ = ["LlamaModel", "ParameterCounts", "build_model", "count_parameters", "norm_parameter_names"]
+__all__ = [
+    "LlamaModel",
+    "ParameterCounts",
+    "build_model",
+    "count_parameters",
+    "norm_parameter_names",
+]

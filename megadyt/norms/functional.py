@@ -1,8 +1,8 @@
 """The squashing functions that replace normalization, as plain differentiable formulas.
 
 These are the reference definitions (tests compare every faster path against them):
-    dyt(x)  = weight * tanh(alpha * x) (+ bias)            -- "Transformers without Normalization"
-    derf(x) = weight * erf(alpha * x + shift) (+ bias)     -- "Stronger Normalization-Free Transformers"
+    dyt(x)  = weight * tanh(alpha * x) (+ bias)        -- "Transformers without Normalization"
+    derf(x) = weight * erf(alpha * x + shift) (+ bias) -- "Stronger Normalization-Free Transformers"
 Low-precision inputs (bf16/fp16) are computed in fp32 and returned in the input dtype, because
 tanh/erf saturate and lose their small slopes in bf16.
 """

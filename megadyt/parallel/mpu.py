@@ -24,7 +24,5 @@ class MegatronMPU:
     get_data_parallel_world_size = staticmethod(ps.get_data_parallel_world_size)
     get_data_parallel_group = staticmethod(ps.get_data_parallel_group)
     get_pipeline_model_parallel_rank = staticmethod(ps.get_pipeline_model_parallel_rank)
-    get_pipeline_model_parallel_world_size = staticmethod(
-        ps.get_pipeline_model_parallel_world_size
-    )
+    get_pipeline_model_parallel_world_size = staticmethod(ps.get_pipeline_model_parallel_world_size)
     get_pipeline_model_parallel_group = staticmethod(ps.get_pipeline_model_parallel_group)

@@ -82,7 +82,10 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict) -> Pa
             "step": step,
             "world_size": dist.get_world_size(),
             "files": {
-                str(p.relative_to(ckpt_dir / tag)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                str(p.relative_to(ckpt_dir / tag)): {
+                    "bytes": p.stat().st_size,
+                    "sha256": _sha256(p),
+                }
                 for p in files
             },
         }
@@ -112,11 +115,15 @@ def verify_checkpoint(ckpt_dir: Path, tag: str) -> dict:
     for rel, meta in manifest["files"].items():
         path = ckpt_dir / tag / rel
         if not path.is_file() or path.stat().st_size != meta["bytes"]:
-            raise MegadytError(f"checkpoint file {path} is missing or truncated; restore it or "
-                               "resume from an earlier checkpoint")
+            raise MegadytError(
+                f"checkpoint file {path} is missing or truncated; restore it or "
+                "resume from an earlier checkpoint"
+            )
         if _sha256(path) != meta["sha256"]:
-            raise MegadytError(f"checkpoint file {path} fails its checksum (corrupted or "
-                               "modified); restore it or resume from an earlier checkpoint")
+            raise MegadytError(
+                f"checkpoint file {path} fails its checksum (corrupted or "
+                "modified); restore it or resume from an earlier checkpoint"
+            )
     return manifest
 
 

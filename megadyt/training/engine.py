@@ -37,7 +37,9 @@ def deepspeed_config(cfg: Config) -> dict:
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps(cfg),
-        "gradient_clipping": t.grad_clip,
+        # ZeRO-0 in fp32 clips but discards the norm; the trainer clips there itself (same
+        # DeepSpeed routine) so the norm can be logged and checked before the update.
+        "gradient_clipping": t.grad_clip if p.zero_stage > 0 or use_bf16(cfg) else 0.0,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": use_bf16(cfg), "check_grad_overflow": True},

@@ -68,8 +68,10 @@ class MetricsLogger:
             return
         for key, value in scalars.items():
             self._writer.add_scalar(key, value, step)
-        record = {"step": step, **{k.split("/", 1)[-1] if k.startswith("train/") else k: v
-                                   for k, v in scalars.items()}}
+        record = {
+            "step": step,
+            **{k.split("/", 1)[-1] if k.startswith("train/") else k: v for k, v in scalars.items()},
+        }
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         self._writer.flush()
@@ -79,9 +81,15 @@ class MetricsLogger:
             return
         elapsed = time.perf_counter() - self._start
         remaining = (self.total_steps - step) * elapsed / max(1, steps_done_here)
-        eta = f"{int(remaining // 3600)}:{int(remaining % 3600 // 60):02d}:{int(remaining % 60):02d}"
-        print(f"step {step:>7}/{self.total_steps}  loss {loss:8.4f}  "
-              f"{tokens_per_s:>10,.0f} tok/s  eta {eta}", file=sys.stdout, flush=True)
+        eta = (
+            f"{int(remaining // 3600)}:{int(remaining % 3600 // 60):02d}:{int(remaining % 60):02d}"
+        )
+        print(
+            f"step {step:>7}/{self.total_steps}  loss {loss:8.4f}  "
+            f"{tokens_per_s:>10,.0f} tok/s  eta {eta}",
+            file=sys.stdout,
+            flush=True,
+        )
 
     def message(self, text: str) -> None:
         if self.enabled:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +18,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
+from deepspeed.runtime.utils import clip_grad_norm_
 from megatron.core import parallel_state
 
 from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
 from megadyt.model import build_model, norm_parameter_names
 from megadyt.parallel.distributed import device, init_distributed, seed_everything
+from megadyt.parallel.mpu import MegatronMPU
 from megadyt.training import checkpoint
-from megadyt.training.engine import build_engine, gradient_accumulation_steps
+from megadyt.training.engine import build_engine, gradient_accumulation_steps, use_bf16
 from megadyt.training.metrics import MetricsLogger, flops_per_token, memory_gb, peak_tflops
 from megadyt.training.optim import lr_at
 
@@ -43,8 +46,10 @@ def _check_same_config_on_all_ranks(cfg: Config) -> None:
     dist.all_gather_object(digests, digest)
     bad = [r for r, d in enumerate(digests) if d != digests[0]]
     if bad:
-        raise MegadytError(f"rank {bad[0]} has a different config from rank 0; launch every rank "
-                           "with the same --config and --set values")
+        raise MegadytError(
+            f"rank {bad[0]} has a different config from rank 0; launch every rank "
+            "with the same --config and --set values"
+        )
 
 
 def micro_batch_indices(step: int, micro: int, cfg: Config) -> range:
@@ -112,27 +117,35 @@ class Trainer:
         self.engine.train()
         self._set_lr(lr_at(step, self.cfg.train))
         skipped_before = self.engine.skipped_steps
-        losses, finite = [], True
+        own_clip = self.cfg.parallel.zero_stage == 0 and not use_bf16(self.cfg)
+        losses, finite, grad_norm = [], True, None
         for micro in range(self.gas):
             batch = collate(self.train_data, micro_batch_indices(step, micro, self.cfg))
             loss = loss_of(self.engine, batch)
             finite = _all_finite(loss.detach()) and finite
-            if not finite:
-                # Never apply this step: lr 0 leaves AdamW's weights as they are, and ZeRO-0
-                # grads are cleared so no NaN reaches the optimizer (ZeRO 1-3 skip on their own).
-                self._set_lr(0.0)
             self.engine.backward(loss)
-            if not finite and self.cfg.parallel.zero_stage == 0 and micro == self.gas - 1:
-                for p in self.engine.module.parameters():
-                    if p.grad is not None:
-                        p.grad.zero_()
+            if own_clip and micro == self.gas - 1:
+                grad_norm = float(
+                    clip_grad_norm_(
+                        self.engine.module.parameters(), self.cfg.train.grad_clip, mpu=MegatronMPU()
+                    )
+                )
+                finite = finite and math.isfinite(grad_norm)
+                if not finite:  # keep NaN out of the optimizer state
+                    for p in self.engine.module.parameters():
+                        if p.grad is not None:
+                            p.grad.zero_()
+            if not finite:
+                # Never apply this step: with lr 0 AdamW leaves the weights as they are; ZeRO 1-3
+                # also skip the update themselves when the grad norm is not finite.
+                self._set_lr(0.0)
             self.engine.step()
             losses.append(loss.detach().item())
-        grad_norm = self.engine.get_global_grad_norm()
-        grad_norm = float("nan") if grad_norm is None else float(grad_norm)
+        if grad_norm is None:
+            grad_norm = self.engine.get_global_grad_norm()
+            grad_norm = float("nan") if grad_norm is None else float(grad_norm)
         applied = finite and self.engine.skipped_steps == skipped_before
-        if applied and not torch.isfinite(torch.tensor(grad_norm)):
-            applied = False
+        applied = applied and math.isfinite(grad_norm)
         return _mean_over_dp(losses), grad_norm, applied
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -144,7 +157,9 @@ class Trainer:
         losses = []
         for it in range(self.cfg.train.eval_iters):
             for micro in range(self.gas):
-                indices = [i % len(self.valid_data) for i in micro_batch_indices(it, micro, self.cfg)]
+                indices = [
+                    i % len(self.valid_data) for i in micro_batch_indices(it, micro, self.cfg)
+                ]
                 losses.append(loss_of(self.engine, collate(self.valid_data, indices)).item())
         return _mean_over_dp(losses)
 
@@ -153,12 +168,20 @@ class Trainer:
         out = {}
         for name, param in self.engine.module.named_parameters():
             if name.endswith(("alpha", "shift")) or name.endswith("embedding_scale"):
-                short = (name.replace("decoder.layers.", "layer").replace("decoder.", "")
-                         .replace("input_layernorm", "attention").replace("pre_mlp_layernorm", "ffn")
-                         .replace("final_layernorm", "final").replace("embedding.", ""))
+                short = (
+                    name.replace("decoder.layers.", "layer")
+                    .replace("decoder.", "")
+                    .replace("input_layernorm", "attention")
+                    .replace("pre_mlp_layernorm", "ffn")
+                    .replace("final_layernorm", "final")
+                    .replace("embedding.", "")
+                )
                 kind = name.rsplit(".", 1)[-1]
-                out[f"norm/{kind}/{short.rsplit('.', 1)[0]}" if kind != "embedding_scale"
-                    else "model/embedding_scale"] = float(param.detach().float().reshape(-1)[0])
+                out[
+                    f"norm/{kind}/{short.rsplit('.', 1)[0]}"
+                    if kind != "embedding_scale"
+                    else "model/embedding_scale"
+                ] = float(param.detach().float().reshape(-1)[0])
         return out
 
     def save(self, step: int) -> None:
@@ -168,8 +191,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         client = checkpoint.load_checkpoint(self.engine, self.ckpt_dir)
         first = int(client["step"]) if client else 0
-        logger = MetricsLogger(self.run_dir, self.rank0, t.steps,
-                               cfg.run.name or self.run_dir.name)
+        logger = MetricsLogger(self.run_dir, self.rank0, t.steps, cfg.run.name or self.run_dir.name)
         if client:
             logger.message(f"resumed from {self.ckpt_dir / checkpoint.tag_for(first)}")
         stop_at = min(t.steps, t.exit_interval) if t.exit_interval else t.steps
@@ -202,10 +224,14 @@ class Trainer:
                     tps = tokens_per_step * window_steps / elapsed
                     tflops = tps * self.flops_per_token / 1e12 / world
                     scalars = {
-                        "train/loss": loss, "train/lr": lr_at(step - 1, t),
-                        "train/grad_norm": grad_norm, "train/tokens": step * tokens_per_step,
-                        "train/tokens_per_s": tps, "perf/tflops_per_device": tflops,
-                        "perf/mfu": tflops / self.peak_tflops, "perf/memory_gb": memory_gb(),
+                        "train/loss": loss,
+                        "train/lr": lr_at(step - 1, t),
+                        "train/grad_norm": grad_norm,
+                        "train/tokens": step * tokens_per_step,
+                        "train/tokens_per_s": tps,
+                        "perf/tflops_per_device": tflops,
+                        "perf/mfu": tflops / self.peak_tflops,
+                        "perf/memory_gb": memory_gb(),
                         "train/skipped_steps_total": float(self.skipped),
                         **self._norm_scalars(),
                     }
@@ -215,8 +241,9 @@ class Trainer:
                 if step % t.eval_interval == 0 or step == t.steps:
                     valid = self.validation_loss()
                     if valid is not None:
-                        logger.log(step, {"valid/loss": valid,
-                                          "train/tokens": step * tokens_per_step})
+                        logger.log(
+                            step, {"valid/loss": valid, "train/tokens": step * tokens_per_step}
+                        )
                         logger.message(f"step {step}: validation loss {valid:.4f}")
                 if step % t.save_interval == 0 or step == stop_at:
                     self.save(step)
@@ -229,7 +256,9 @@ def save_run_config(cfg: Config) -> None:
     """config.yaml beside the checkpoints: the exact config this run used (rank 0, atomic)."""
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    checkpoint.atomic_write_text(
+        run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    )
 
 
 def train(cfg: Config, datasets=None) -> TrainResult:

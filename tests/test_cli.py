@@ -1,0 +1,96 @@
+"""The CLI turns user errors into one stderr line and exit code 2; --debug shows a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megadyt.cli.main import main
+from megadyt.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny" / "dyt.yaml")
+
+BAD_CASES = {
+    "missing-file": (["--config", str(ROOT / "configs" / "nope.yaml")], "nope.yaml"),
+    "unknown-key": (["--config", TINY, "--set", "model.hiden=3"], "model.hiden"),
+    "wrong-type": (["--config", TINY, "--set", "train.steps=abc"], "train.steps"),
+    "bad-literal": (["--config", TINY, "--set", "model.norm=layernorm"], "model.norm"),
+    "sp-without-tp": (["--config", TINY, "--set", "parallel.sp=true"], "parallel.sp"),
+    "heads-vs-tp": (["--config", TINY, "--set", "parallel.tp=3"], "model.num_attention_heads"),
+    "set-without-equals": (["--config", TINY, "--set", "train.steps"], "train.steps"),
+}
+
+
+def assert_one_line_error(stderr: str, needle: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("megadyt: error:"), stderr
+    assert needle in lines[0]
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_info_bad_config_exits_2_with_one_line(capsys, case):
+    args, needle = BAD_CASES[case]
+    assert main(["info", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert_one_line_error(captured.err, needle)
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_debug_raises_instead(capsys, position):
+    args, _ = BAD_CASES["wrong-type"]
+    argv = ["--debug", "info", *args] if position == "before" else ["info", *args, "--debug"]
+    with pytest.raises(ConfigError, match="train.steps"):
+        main(argv)
+
+
+def test_good_config_exits_0(capsys):
+    assert main(["info", "--config", TINY, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["norm"] == "dyt"
+    assert "error" not in captured.err
+
+
+def test_text_output_lists_counts(capsys):
+    assert main(["info", "--config", TINY]) == 0
+    out = capsys.readouterr().out
+    assert "params_total" in out and "alpha0" in out and "width rule" in out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "megadyt", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_subprocess_bad_config_and_debug():
+    """A real process: exit 2 and one stderr line; with --debug, a traceback and non-zero exit."""
+    args, needle = BAD_CASES["bad-literal"]
+    proc = run_cli("info", *args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert_one_line_error(proc.stderr, needle)
+
+    proc = run_cli("--debug", "info", *args)
+    assert proc.returncode not in (0, 2)
+    assert "Traceback" in proc.stderr and "ConfigError" in proc.stderr and needle in proc.stderr
+
+
+def test_usage_error_is_argparse_exit_2(capsys):
+    """A missing required argument is argparse's usage error: exit 2, no traceback."""
+    with pytest.raises(SystemExit) as info:
+        main(["info"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--config" in err and "Traceback" not in err
