@@ -7,6 +7,7 @@ source; each spawned pair of processes runs several layouts in turn to keep the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,6 +91,27 @@ def _resume(rank: int, world_size: int, tmp: str, zero: int) -> dict:
     }
 
 
+def _validation_loss_of_tp1_export(rank: int, world_size: int, run_dirs: list[str]) -> dict:
+    """Each run's exported weights, merged to TP=1, scored on the validation samples."""
+    from megadyt.model import build_model
+    from megadyt.parallel.distributed import init_distributed, seed_everything
+    from megadyt.training.export import load_tp1_weights
+    from megadyt.training.trainer import collate, loss_of
+
+    init_distributed(tp=1)
+    seed_everything(0)
+    valid = TokenSource(8, 32, 1)
+    out = {}
+    for run_dir in run_dirs:
+        cfg, state = load_tp1_weights(run_dir)
+        model = build_model(cfg, perform_initialization=False)
+        model.load_state_dict(state, strict=False)
+        with torch.no_grad():
+            losses = [loss_of(model, collate(valid, range(i, i + 2))).item() for i in (0, 2, 4, 6)]
+        out[run_dir] = sum(losses) / len(losses)
+    return out
+
+
 def test_same_loss_curve_for_every_parallel_layout(tmp_path):
     single = run_distributed(
         _layouts, world_size=1, layouts=[[f"run.dir={tmp_path}/tp1dp1", "parallel.zero_stage=0"]]
@@ -109,6 +131,17 @@ def test_same_loss_curve_for_every_parallel_layout(tmp_path):
             ],
         ],
     )[0]
+    exported = run_distributed(
+        _validation_loss_of_tp1_export,
+        world_size=1,
+        run_dirs=[str(tmp_path / name) for name in ("tp1dp1", "z3", "tp2sp")],
+    )[0]
+    for run_dir, loss in exported.items():
+        records = [
+            json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+        ]
+        logged = [r["valid/loss"] for r in records if r.get("step") == 10 and "valid/loss" in r]
+        assert logged and loss == pytest.approx(logged[0], rel=1e-5, abs=1e-6), run_dir
     reference = single[0]
     assert len(reference) == 10 and reference[10] < reference[1]  # it learns
     for name, losses in zip(["zero1", "zero2", "zero3", "tp2-sp"], pair):

@@ -99,6 +99,16 @@ def init_distributed(
             f"world size {env.world_size} is not divisible by parallel.tp ({tp}); "
             "launch a multiple of tp processes"
         )
+    if env.launcher == "single":
+        # DeepSpeed reads the torchrun variables even for one process; make them consistent.
+        for key, value in (
+            ("RANK", 0),
+            ("WORLD_SIZE", 1),
+            ("LOCAL_RANK", 0),
+            ("MASTER_ADDR", env.master_addr),
+            ("MASTER_PORT", env.master_port),
+        ):
+            os.environ.setdefault(key, str(value))
     if not dist.is_initialized():
         dist.init_process_group(
             backend=backend,

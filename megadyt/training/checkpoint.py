@@ -66,8 +66,13 @@ def _set_rng_state(state: dict) -> None:
     tp_random.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict) -> Path:
-    """Save a complete checkpoint for `step` (all ranks call this), then publish it."""
+def save_checkpoint(
+    engine, ckpt_dir: Path, step: int, client_state: dict, before_publish=None
+) -> Path:
+    """Save a complete checkpoint for `step` (all ranks call this), then publish it.
+
+    `before_publish(tag_dir)` runs on every rank after DeepSpeed's files are written and before
+    the manifest, so whatever it writes is covered by the checksums."""
     tag = tag_for(step)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
@@ -75,6 +80,8 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict) -> Pa
     rng_path = ckpt_dir / tag / f"rng_rank{rank:05d}.pt"
     torch.save(_rng_state(), rng_path.with_suffix(".tmp"))
     os.replace(rng_path.with_suffix(".tmp"), rng_path)
+    if before_publish is not None:
+        before_publish(ckpt_dir / tag)
     dist.barrier()
     if rank == 0:
         files = sorted(p for p in (ckpt_dir / tag).rglob("*") if p.is_file() and p.name != MANIFEST)

@@ -28,6 +28,7 @@ from megadyt.parallel.distributed import device, init_distributed, seed_everythi
 from megadyt.parallel.mpu import MegatronMPU
 from megadyt.training import checkpoint
 from megadyt.training.engine import build_engine, gradient_accumulation_steps, use_bf16
+from megadyt.training.export import save_tp_shard
 from megadyt.training.metrics import MetricsLogger, flops_per_token, memory_gb, peak_tflops
 from megadyt.training.optim import lr_at
 
@@ -185,7 +186,12 @@ class Trainer:
         return out
 
     def save(self, step: int) -> None:
-        checkpoint.save_checkpoint(self.engine, self.ckpt_dir, step, {"step": step})
+        def write_weights(tag_dir: Path) -> None:
+            save_tp_shard(self.engine, self.cfg, tag_dir)
+
+        checkpoint.save_checkpoint(
+            self.engine, self.ckpt_dir, step, {"step": step}, before_publish=write_weights
+        )
 
     def run(self) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train

@@ -1,0 +1,134 @@
+"""Training data: megatron-core's blended GPT datasets over indexed-dataset prefixes.
+
+`build_datasets` hands the blend (`data.prefixes` resolved, `data.weights`), the split string,
+the sequence length and the seed to megatron-core's `BlendedMegatronDatasetBuilder` with
+`GPTDataset`; megatron-core builds (rank 0 first) and caches the document/sample/shuffle
+indices under `data.cache_dir/megatron_index`, so the same seed gives the same samples and a
+resumed run sees the same order. Each sample is a dict of "tokens" and "labels" (int64
+[seq_length]), "loss_mask" (float [seq_length]) and "position_ids"; no attention mask is
+materialised (the model builds its causal mask).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from megadyt.errors import MegadytError
+
+SCAN_TOKENS = 1 << 22  # tokens read from each end of a .bin to check ids against the vocab
+
+
+class MegatronTokenizerAdapter:
+    """The attributes megatron-core's GPTDataset reads from a tokenizer (`eod`, `pad`, ...).
+
+    `pad` is -1 (LLaMA models have no pad piece), which can never collide with a real id, so
+    megatron-core never masks real tokens as padding.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.vocab_size = int(tokenizer.vocab_size)
+        self.eod = self.eos = int(tokenizer.eos_id)
+        self.bos = int(tokenizer.bos_id)
+        self.pad = -1
+        model_path = getattr(tokenizer, "model_path", None)
+        digest = ""
+        if model_path and os.path.isfile(model_path):
+            with open(model_path, "rb") as handle:
+                digest = hashlib.sha256(handle.read()).hexdigest()[:16]
+        # Part of megatron-core's cache key: same model file -> same cached indices.
+        self.unique_identifiers = {
+            "class": "megadyt.SentencePiece",
+            "sha256": digest,
+            "vocab_size": self.vocab_size,
+            "eod": self.eod,
+        }
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def detokenize(self, ids) -> str:
+        return self.tokenizer.decode(ids)
+
+
+def check_token_ids(prefix: str, limit: int, key: str) -> None:
+    """Raise if ids in `prefix` reach `limit` (read from both ends of the .bin: cheap)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    try:
+        dataset = IndexedDataset(prefix)
+    except Exception as exc:  # a damaged or foreign file
+        raise MegadytError(f"cannot read dataset {prefix!r} ({type(exc).__name__}: {exc})")
+    dtype = dataset.index.dtype
+    del dataset
+    tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
+    if tokens.size == 0:
+        raise MegadytError(f"dataset {prefix!r} holds no tokens; prepare it again")
+    top = max(int(tokens[:SCAN_TOKENS].max()), int(tokens[-SCAN_TOKENS:].max()))
+    if top >= limit:
+        raise MegadytError(
+            f"dataset {prefix!r} contains token id {top} >= {limit}, {key}: it was prepared "
+            "with a different tokenizer; prepare it again with data.tokenizer"
+        )
+
+
+def build_datasets(cfg, tokenizer, num_samples: tuple[int, int, int]):
+    """(train, valid, test) megatron-core datasets for `cfg` (call on every rank, after
+    torch.distributed is initialised; rank 0 builds the index caches first).
+
+    `num_samples` are the sample counts wanted per split (megatron-core repeats epochs to reach
+    them); a split whose share in `data.split` is 0 comes back as None.
+    """
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    from megadyt.data.builtin import resolve_data
+
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise MegadytError(
+            f"the tokenizer's vocabulary ({tokenizer.vocab_size}, data.tokenizer="
+            f"{cfg.data.tokenizer}) is larger than model.vocab_size ({cfg.model.vocab_size}); "
+            f"set model.vocab_size >= {tokenizer.vocab_size}"
+        )
+    prefixes, _ = resolve_data(cfg.data)  # cheap when already built: only checks files
+    weights = cfg.data.weights
+    if weights is not None and len(weights) != len(prefixes):
+        raise MegadytError(
+            f"data.weights has {len(weights)} entries but data.prefixes has {len(prefixes)}"
+        )
+    vocab_key = (
+        f"the vocabulary size of data.tokenizer ({tokenizer.vocab_size}; model.vocab_size is "
+        f"{cfg.model.vocab_size})"
+    )
+    for prefix in prefixes:
+        check_token_ids(prefix, tokenizer.vocab_size, vocab_key)
+
+    config = GPTDatasetConfig(
+        random_seed=cfg.train.seed,
+        sequence_length=cfg.model.seq_length,
+        blend=(prefixes, list(weights) if weights is not None else None),
+        split=cfg.data.split,
+        path_to_cache=os.path.join(os.path.abspath(cfg.data.cache_dir), "megatron_index"),
+        tokenizer=MegatronTokenizerAdapter(tokenizer),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+        mid_level_dataset_surplus=0.005,
+    )
+    sizes = [int(n) for n in num_samples]
+    try:
+        train, valid, test = BlendedMegatronDatasetBuilder(
+            GPTDataset, sizes, lambda: True, config
+        ).build()
+    except AssertionError as exc:
+        raise MegadytError(
+            f"megatron-core could not build the datasets from {prefixes} with split "
+            f"{cfg.data.split!r} ({exc}); a split share may be too small for the data"
+        ) from exc
+    return train, valid, test

@@ -1,0 +1,77 @@
+"""Weights a single device can load, whatever layout trained them.
+
+At each checkpoint the data-parallel rank 0 of every TP rank writes `weights/tp_rank_NN.pt`:
+its TP shard of every parameter (gathered from ZeRO-3 partitions first), the TP layout
+(partition dim and stride per parameter), and the run's config. `load_tp1_weights` merges the
+shards into a TP=1 state dict; files are plain tensors and loaded with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import deepspeed
+import torch
+from megatron.core import parallel_state
+
+from megadyt.config import Config, config_from_dict
+from megadyt.errors import MegadytError
+from megadyt.parallel.tp_shards import merge_tensor, tp_layout
+
+WEIGHTS_DIR = "weights"
+
+
+def save_tp_shard(engine, cfg: Config, tag_dir: Path) -> None:
+    """Called on every rank (ZeRO-3 gathers are collective); DP rank 0 writes its TP shard."""
+    module = engine.module
+    params = list(module.parameters())
+    zero3 = engine.zero_optimization_stage() == 3
+    with deepspeed.zero.GatheredParameters(params, enabled=zero3):
+        if parallel_state.get_data_parallel_rank() != 0:
+            return
+        state = {n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters()}
+        payload = {
+            "state": state,
+            "layout": {n: list(s) if s else None for n, s in tp_layout(module).items()},
+            "tp": parallel_state.get_tensor_model_parallel_world_size(),
+            "config": cfg.to_dict(),
+        }
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    out = tag_dir / WEIGHTS_DIR / f"tp_rank_{rank:02d}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, out)
+
+
+def resolve_tag_dir(path: str | Path) -> Path:
+    """Accept a run dir, its checkpoints dir, or one step_* dir; return the step dir."""
+    path = Path(path)
+    for candidate in (path, path / "checkpoints"):
+        latest = candidate / "latest"
+        if latest.is_file():
+            return candidate / latest.read_text().strip()
+    if (path / WEIGHTS_DIR).is_dir():
+        return path
+    raise MegadytError(f"no checkpoint found at {path}: pass a run dir, its checkpoints/ dir, "
+                       "or a checkpoints/step_NNNNNNN dir")
+
+
+def load_tp1_weights(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
+    """(the run's config with parallel.tp=1, sp off; the merged full state dict)."""
+    tag_dir = resolve_tag_dir(path)
+    files = sorted((tag_dir / WEIGHTS_DIR).glob("tp_rank_*.pt"))
+    if not files:
+        raise MegadytError(f"checkpoint {tag_dir} has no {WEIGHTS_DIR}/tp_rank_*.pt files")
+    shards = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+    tp = shards[0]["tp"]
+    if len(shards) != tp:
+        raise MegadytError(f"checkpoint {tag_dir} has {len(shards)} of {tp} TP weight shards")
+    merged = {}
+    for name, split in shards[0]["layout"].items():
+        parts = [s["state"][name] for s in shards]
+        merged[name] = parts[0] if split is None else merge_tensor(parts, *split)
+    cfg_dict = shards[0]["config"]
+    cfg_dict["parallel"].update(tp=1, sp=False, zero_stage=0)
+    return config_from_dict(cfg_dict), merged
