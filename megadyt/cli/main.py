@@ -19,6 +19,10 @@ COMMANDS = {
     "train": "train",
     "train-tokenizer": "train_tokenizer",
     "prepare-data": "prepare_data",
+    "eval": "eval",
+    "compare": "compare",
+    "plan": "plan",
+    "export": "export",
 }
 
 
