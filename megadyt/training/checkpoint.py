@@ -47,19 +47,31 @@ def _sha256(path: Path) -> str:
 
 
 def _rng_state() -> dict:
+    """Every generator's state as tensors and tuples, so it loads with weights_only=True."""
     tracker = tp_random.get_cuda_rng_tracker()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (
+            np_name,
+            torch.from_numpy(np_keys.astype(np.int64)),
+            np_pos,
+            np_has_gauss,
+            np_gauss,
+        ),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-        "tracker": tracker.get_states(),
+        "tracker": dict(tracker.get_states()),
     }
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state(
+        (np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss)
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -155,5 +167,5 @@ def load_checkpoint(engine, ckpt_dir: Path) -> dict | None:
         raise MegadytError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
     rng_path = ckpt_dir / tag / f"rng_rank{dist.get_rank():05d}.pt"
     if rng_path.is_file():
-        _set_rng_state(torch.load(rng_path, weights_only=False))
+        _set_rng_state(torch.load(rng_path, weights_only=True))
     return client_state

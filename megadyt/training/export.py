@@ -54,8 +54,10 @@ def resolve_tag_dir(path: str | Path) -> Path:
             return candidate / latest.read_text().strip()
     if (path / WEIGHTS_DIR).is_dir():
         return path
-    raise MegadytError(f"no checkpoint found at {path}: pass a run dir, its checkpoints/ dir, "
-                       "or a checkpoints/step_NNNNNNN dir")
+    raise MegadytError(
+        f"no checkpoint found at {path}: pass a run dir, its checkpoints/ dir, "
+        "or a checkpoints/step_NNNNNNN dir"
+    )
 
 
 def load_tp1_weights(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,15 +79,46 @@ def loss_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _all_finite(value: torch.Tensor) -> bool:
-    flag = torch.tensor([1.0 if torch.isfinite(value).all() else 0.0])
+    flag = torch.tensor([1.0 if torch.isfinite(value).all() else 0.0], device=device())
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
 
 
 def _mean_over_dp(values: list[float]) -> float:
-    t = torch.tensor([sum(values), float(len(values))], dtype=torch.float64)
+    t = torch.tensor([sum(values), float(len(values))], dtype=torch.float64, device=device())
     dist.all_reduce(t, group=parallel_state.get_data_parallel_group(with_context_parallel=False))
     return (t[0] / t[1]).item()
+
+
+class StopRequest:
+    """SIGUSR1/SIGTERM (e.g. SLURM's `--signal` before the time limit, or a requeue) set a flag;
+    at the end of the current step all ranks agree on it, save a checkpoint and exit cleanly."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some test harnesses)
+                pass
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 class Trainer:
@@ -206,6 +238,8 @@ class Trainer:
         world = dist.get_world_size()
         window_start, window_steps = time.perf_counter(), 0
         step = first
+        stop = StopRequest()
+        stop.install()
         try:
             while step < stop_at:
                 loss, grad_norm, applied = self.train_step(step)
@@ -251,9 +285,14 @@ class Trainer:
                             step, {"valid/loss": valid, "train/tokens": step * tokens_per_step}
                         )
                         logger.message(f"step {step}: validation loss {valid:.4f}")
-                if step % t.save_interval == 0 or step == stop_at:
+                stop_requested = stop.agreed()  # a collective: every rank, every step
+                if step % t.save_interval == 0 or step == stop_at or stop_requested:
                     self.save(step)
+                if stop_requested:
+                    logger.message(f"step {step}: stop signal received; checkpoint saved, exiting")
+                    break
         finally:
+            stop.uninstall()
             logger.close()
         return TrainResult(first, step, losses, self.skipped)
 
