@@ -114,7 +114,17 @@ def _validation_loss_of_tp1_export(rank: int, world_size: int, run_dirs: list[st
 
 def test_same_loss_curve_for_every_parallel_layout(tmp_path):
     single = run_distributed(
-        _layouts, world_size=1, layouts=[[f"run.dir={tmp_path}/tp1dp1", "parallel.zero_stage=0"]]
+        _layouts,
+        world_size=1,
+        layouts=[
+            [f"run.dir={tmp_path}/tp1dp1", "parallel.zero_stage=0"],
+            [f"run.dir={tmp_path}/recompute", "parallel.zero_stage=0", "parallel.recompute=full"],
+            [
+                f"run.dir={tmp_path}/offload",
+                "parallel.zero_stage=2",
+                "parallel.offload_optimizer=true",
+            ],
+        ],
     )[0]
     pair = run_distributed(
         _layouts,
@@ -144,7 +154,8 @@ def test_same_loss_curve_for_every_parallel_layout(tmp_path):
         assert logged and loss == pytest.approx(logged[0], rel=1e-5, abs=1e-6), run_dir
     reference = single[0]
     assert len(reference) == 10 and reference[10] < reference[1]  # it learns
-    for name, losses in zip(["zero1", "zero2", "zero3", "tp2-sp"], pair):
+    names = ["full-recompute", "zero2-offload", "zero1", "zero2", "zero3", "tp2-sp"]
+    for name, losses in zip(names, single[1:] + pair):
         got = torch.tensor([losses[s] for s in sorted(losses)])
         want = torch.tensor([reference[s] for s in sorted(reference)])
         torch.testing.assert_close(

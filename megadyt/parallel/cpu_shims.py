@@ -4,9 +4,10 @@ megatron-core 0.16 assumes CUDA in three places that matter for running the tiny
 laptop or CI machine (see shared/notes/platform.md):
   1. `torch.cuda.current_device()` is used as an allocation device (rotary embeddings, the
      sequence-parallel gather/scatter buffers, GlobalMemoryBuffer);
-  2. the tensor-parallel RNG tracker saves and restores CUDA generator states;
+  2. the tensor-parallel RNG tracker and activation recompute save and restore CUDA generator
+     states;
   3. weights must be initialised with `use_cpu_initialization=True` (set in model/llama.py).
-`install()` answers (1) with "cpu" and (2) with a tracker over the CPU generator. It is called by
+`install()` answers (1) with "cpu" and (2) with the CPU generator. It is called by
 `megadyt.parallel.distributed` and is a no-op when `torch.cuda.is_available()`.
 """
 
@@ -62,6 +63,10 @@ def install() -> None:
     # tracker.reset()/add() then go to CpuRNGStatesTracker. Keep initialize_rng_tracker from
     # replacing our tracker with a CUDA one.
     tp_random.initialize_rng_tracker = _keep_cpu_tracker
+    # Activation recompute (CheckpointFunction) saves and restores the "CUDA" generator state
+    # around the recomputed forward; without CUDA that is the CPU generator.
+    tp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    tp_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
     _installed = True
 
 

@@ -33,6 +33,27 @@ class LaunchEnv:
     master_addr: str
     master_port: int
     launcher: str  # "torchrun", "slurm" or "single"
+    # SLURM job facts, set whenever the process runs inside an allocation (also under torchrun
+    # started by launch/slurm/pretrain.sbatch); defaults outside SLURM.
+    job_id: str | None = None  # SLURM_JOB_ID
+    num_nodes: int = 1  # SLURM_JOB_NUM_NODES (or SLURM_NNODES)
+    node_rank: int = 0  # SLURM_NODEID
+    restart_count: int = 0  # SLURM_RESTART_COUNT: how often the job was requeued
+
+    @property
+    def requeued(self) -> bool:
+        return self.restart_count > 0
+
+    @staticmethod
+    def _slurm_fields(env: dict[str, str]) -> dict:
+        if "SLURM_JOB_ID" not in env:
+            return {}
+        return {
+            "job_id": env["SLURM_JOB_ID"],
+            "num_nodes": int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1"))),
+            "node_rank": int(env.get("SLURM_NODEID", "0")),
+            "restart_count": int(env.get("SLURM_RESTART_COUNT", "0")),
+        }
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> LaunchEnv:
@@ -46,6 +67,7 @@ class LaunchEnv:
                     master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
                     master_port=int(env.get("MASTER_PORT", "29500")),
                     launcher="torchrun",
+                    **cls._slurm_fields(env),
                 )
             if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
                 if "MASTER_ADDR" not in env:
@@ -60,10 +82,15 @@ class LaunchEnv:
                     master_addr=env["MASTER_ADDR"],
                     master_port=int(env.get("MASTER_PORT", "29500")),
                     launcher="slurm",
+                    **cls._slurm_fields(env),
                 )
         except ValueError as exc:
             raise MegadytError(f"launcher environment has a non-integer rank variable ({exc})")
-        return cls(0, 1, 0, "127.0.0.1", _free_port(), "single")
+        try:
+            slurm = cls._slurm_fields(env)
+        except ValueError as exc:
+            raise MegadytError(f"launcher environment has a non-integer SLURM variable ({exc})")
+        return cls(0, 1, 0, "127.0.0.1", _free_port(), "single", **slurm)
 
 
 def _free_port() -> int:
