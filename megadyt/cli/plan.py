@@ -1,0 +1,125 @@
+"""`megadyt plan`: prove a parallel layout fits before a cluster is booked.
+
+Prints world/DP size, batch and token arithmetic, per-device memory (weights, grads, optimizer
+states, activations, overhead; model in megadyt/planning/README.md), model FLOPs per step and the
+step time at a stated MFU. Exits 2 with one line and the smallest fitting change when the layout
+does not divide or does not fit. `--print run_dir|run_name` prints one config value for the
+launch scripts (no cluster arguments needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from megadyt.cli.main import add_config_arguments
+from megadyt.config import load_config
+from megadyt.errors import MegadytError
+
+HELP = "check that a config's parallel layout fits a cluster; memory, FLOPs and step time"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--nodes", type=int, help="number of nodes")
+    parser.add_argument("--gpus-per-node", type=int, help="devices (ranks) per node")
+    parser.add_argument("--gpu-memory-gb", type=float, default=80.0, help="per device (1e9 B)")
+    parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="dense bf16 peak per device (default: train.peak_tflops, else 989 = H100)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="cpu: fp32 and a measured process baseline instead of the CUDA runtime",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--print",
+        dest="print_field",
+        choices=("run_dir", "run_name"),
+        help="print one value (absolute run.dir, or the run name) and exit",
+    )
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:7.2f} GB"
+
+
+def _report(plan, cfg) -> str:
+    m = plan.memory
+    s = plan.settings
+    lines = [
+        f"model        {cfg.model.name} ({cfg.model.norm}), {plan.params_total:,} parameters",
+        f"cluster      {plan.nodes} node(s) x {plan.gpus_per_node} = {plan.world_size} ranks "
+        f"({plan.device}, {plan.device_memory_gb:g} GB each)",
+        f"layout       TP {plan.tp} x DP {plan.dp}, sp {str(s['sp']).lower()}, ZeRO "
+        f"{s['zero_stage']}{' + optimizer offload' if s['offload_optimizer'] else ''}, "
+        f"recompute {s['recompute']}, {s['precision']}",
+        f"batch        {plan.global_batch_sequences} sequences = {plan.global_batch_tokens:,} "
+        f"tokens/step; micro-batch {plan.micro_batch_size} x {plan.grad_accumulation} "
+        "accumulation",
+        f"tokens       {plan.steps:,} steps x {plan.global_batch_tokens:,} = "
+        f"{plan.train_tokens / 1e9:,.1f}B tokens (200B tokens = {plan.steps_for_200b:,} steps)",
+        f"memory/rank  ({plan.params_per_rank:,} parameters on each rank)",
+        f"  weights      {_gb(m.weights)}",
+        f"  grads        {_gb(m.grads)}",
+        f"  optimizer    {_gb(m.optimizer)}"
+        + (f"   (+{_gb(m.optimizer_cpu).strip()} in host memory)" if m.optimizer_cpu else ""),
+        f"  activations  {_gb(m.activations)}   (recompute none {_gb(m.activations_none).strip()}"
+        f", selective {_gb(m.activations_selective).strip()}"
+        f", full {_gb(m.activations_full).strip()})",
+        f"  overhead     {_gb(m.overhead)}",
+        f"  total        {_gb(m.total)}   of {plan.device_memory_gb:g} GB: "
+        + ("fits" if plan.fits else "DOES NOT FIT"),
+        f"compute      {plan.model_flops_per_step:.3e} model FLOPs/step; at MFU "
+        f"{plan.mfu:g} of {plan.peak_tflops:g} TFLOP/s: {plan.step_time_s:.2f} s/step, "
+        f"{plan.train_time_h:,.1f} h for {plan.steps:,} steps",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from megadyt.planning.plan import DoesNotFit, format_change, make_plan, suggest
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_field == "run_dir":
+        print(Path(cfg.run.dir).resolve())
+        return 0
+    if args.print_field == "run_name":
+        print(cfg.run.name or Path(cfg.run.dir).name)
+        return 0
+    if args.nodes is None or args.gpus_per_node is None:
+        raise MegadytError("megadyt plan needs --nodes N and --gpus-per-node G")
+    kwargs = dict(
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        gpu_memory_gb=args.gpu_memory_gb,
+        mfu=args.mfu,
+        peak_tflops=args.peak_tflops,
+        device=args.device,
+    )
+    plan = make_plan(cfg, **kwargs)
+    if not plan.fits:
+        change = suggest(cfg, **kwargs)
+        plan.suggestion = format_change(change) if change else None
+    if args.json:
+        print(json.dumps(plan.as_dict(), indent=2))
+    else:
+        print(_report(plan, cfg))
+    if not plan.fits:
+        need = (
+            f"needs {plan.memory.total / 1e9:.1f} GB per rank, {args.gpu_memory_gb:g} GB available"
+        )
+        hint = (
+            f"; smallest change that fits: {plan.suggestion}"
+            if plan.suggestion
+            else "; no layout change fits: use more nodes or a smaller model"
+        )
+        raise DoesNotFit(f"{cfg.model.name} does not fit: {need}{hint}")
+    return 0

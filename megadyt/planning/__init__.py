@@ -1,0 +1,27 @@
+"""Launch planning: per-device memory model, FLOPs and step time, and layout suggestions.
+
+Submodules: `memory` (the memory model), `plan` (make_plan, suggest), `launch` (config values
+for the launch scripts, importable without torch). Names below are loaded on first use so that
+`python -m megadyt.planning.launch` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "MemoryBreakdown": "memory",
+    "memory_breakdown": "memory",
+    "DoesNotFit": "plan",
+    "LayoutError": "plan",
+    "Plan": "plan",
+    "make_plan": "plan",
+    "suggest": "plan",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"megadyt.planning.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)

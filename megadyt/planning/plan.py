@@ -1,0 +1,192 @@
+"""A launch plan: does a config fit a cluster, how long is a step, and what to change if not."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from megadyt.config.schema import Config
+from megadyt.errors import ConfigError, MegadytError
+from megadyt.model.counting import count_parameters
+from megadyt.planning.memory import GB, MemoryBreakdown, memory_breakdown, params_per_rank
+from megadyt.training.metrics import flops_per_token
+
+PAPER_TOKEN_BUDGET = 200e9
+DEFAULT_PEAK_TFLOPS = 989.0  # H100 SXM dense bf16
+
+
+class LayoutError(MegadytError):
+    """The parallel layout does not divide the cluster or the batch."""
+
+
+class DoesNotFit(MegadytError):
+    """The layout divides but needs more memory per device than there is."""
+
+
+@dataclass
+class Plan:
+    nodes: int
+    gpus_per_node: int
+    world_size: int
+    tp: int
+    dp: int
+    micro_batch_size: int
+    grad_accumulation: int
+    global_batch_sequences: int
+    global_batch_tokens: int
+    steps: int
+    train_tokens: int
+    steps_for_200b: int
+    params_total: int
+    params_per_rank: float
+    memory: MemoryBreakdown
+    device_memory_gb: float
+    fits: bool
+    model_flops_per_step: float
+    peak_tflops: float
+    mfu: float
+    step_time_s: float
+    train_time_h: float
+    device: str
+    settings: dict = field(default_factory=dict)
+    suggestion: str | None = None
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "memory"}
+        out["memory_gb"] = self.memory.as_gb()
+        return out
+
+
+def _valid_layout(cfg: Config, world: int, gpus_per_node: int) -> None:
+    p = cfg.parallel
+    if p.tp > gpus_per_node:
+        raise LayoutError(
+            f"parallel.tp ({p.tp}) exceeds the GPUs per node ({gpus_per_node}); tensor "
+            "parallelism must stay inside one node"
+        )
+    try:
+        cfg.validate(world_size=world)
+    except ConfigError as exc:
+        raise LayoutError(f"layout does not divide: {exc}") from None
+
+
+def make_plan(
+    cfg: Config,
+    nodes: int,
+    gpus_per_node: int,
+    gpu_memory_gb: float = 80.0,
+    mfu: float = 0.4,
+    peak_tflops: float | None = None,
+    device: str = "gpu",
+) -> Plan:
+    """Plan `cfg` on nodes × gpus_per_node devices; raises LayoutError if it does not divide."""
+    if nodes < 1 or gpus_per_node < 1:
+        raise LayoutError(f"--nodes and --gpus-per-node must be >= 1, got {nodes}, {gpus_per_node}")
+    if not 0 < mfu <= 1:
+        raise MegadytError(f"--mfu must be in (0, 1], got {mfu}")
+    world = nodes * gpus_per_node
+    _valid_layout(cfg, world, gpus_per_node)
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+    dp = world // p.tp
+    on_gpu = device == "gpu"
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and on_gpu)
+    mem = memory_breakdown(cfg, dp, bf16=bf16, on_gpu=on_gpu)
+    tokens_per_step = t.global_batch_size * m.seq_length
+    flops_step = flops_per_token(cfg) * tokens_per_step
+    peak = peak_tflops or t.peak_tflops or DEFAULT_PEAK_TFLOPS
+    step_time = flops_step / (world * peak * 1e12 * mfu)
+    return Plan(
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        world_size=world,
+        tp=p.tp,
+        dp=dp,
+        micro_batch_size=t.micro_batch_size,
+        grad_accumulation=t.global_batch_size // (t.micro_batch_size * dp),
+        global_batch_sequences=t.global_batch_size,
+        global_batch_tokens=tokens_per_step,
+        steps=t.steps,
+        train_tokens=t.steps * tokens_per_step,
+        steps_for_200b=-(-int(PAPER_TOKEN_BUDGET) // tokens_per_step),
+        params_total=count_parameters(m).total,
+        params_per_rank=round(params_per_rank(cfg)),
+        memory=mem,
+        device_memory_gb=gpu_memory_gb,
+        fits=mem.total <= gpu_memory_gb * GB,
+        model_flops_per_step=flops_step,
+        peak_tflops=peak,
+        mfu=mfu,
+        step_time_s=step_time,
+        train_time_h=step_time * t.steps / 3600,
+        device=device,
+        settings={
+            "tp": p.tp,
+            "sp": p.sp,
+            "zero_stage": p.zero_stage,
+            "offload_optimizer": p.offload_optimizer,
+            "recompute": p.recompute,
+            "micro_batch_size": t.micro_batch_size,
+            "precision": "bf16" if bf16 else "fp32",
+        },
+    )
+
+
+def _candidates(cfg: Config, gpus_per_node: int):
+    """Single changes in the order to try: more TP, higher ZeRO stage, recompute, smaller micro."""
+    p, t = cfg.parallel, cfg.train
+    tp = p.tp * 2
+    while tp <= gpus_per_node:
+        yield {"parallel.tp": tp, **({"parallel.sp": True} if p.tp == 1 else {})}
+        tp *= 2
+    for stage in range(p.zero_stage + 1, 4):
+        yield {"parallel.zero_stage": stage}
+    order = ["none", "selective", "full"]
+    for mode in order[order.index(p.recompute) + 1 :]:
+        yield {"parallel.recompute": mode}
+    mbs = t.micro_batch_size // 2
+    while mbs >= 1:
+        yield {"train.micro_batch_size": mbs}
+        mbs //= 2
+
+
+def _apply(cfg: Config, changes: dict) -> Config:
+    new = copy.deepcopy(cfg)
+    for key, value in changes.items():
+        section, name = key.split(".")
+        setattr(getattr(new, section), name, value)
+    return new
+
+
+def _fits(cfg: Config, **kwargs) -> bool:
+    try:
+        return make_plan(cfg, **kwargs).fits
+    except MegadytError:
+        return False
+
+
+def suggest(cfg: Config, **kwargs) -> dict | None:
+    """The first single change (in the documented order) that fits; failing that, the changes
+    accumulated greedily in that order until it fits. None if nothing fits."""
+    gpus = kwargs["gpus_per_node"]
+    for change in _candidates(cfg, gpus):
+        if _fits(_apply(cfg, change), **kwargs):
+            return change
+    combined: dict = {}
+    current = cfg
+    for change in _candidates(cfg, gpus):
+        trial = _apply(current, change)
+        try:
+            make_plan(trial, **kwargs)
+        except MegadytError:
+            continue  # this change does not divide; skip it
+        combined.update(change)
+        current = trial
+        if _fits(current, **kwargs):
+            return combined
+    return None
+
+
+def format_change(change: dict) -> str:
+    return " ".join(
+        f"--set {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in change.items()
+    )

@@ -1,0 +1,158 @@
+"""launch/: scripts parse and are shellcheck-clean, the sbatch script's srun/torchrun command for a
+2-node job (fake srun/scontrol on PATH), USR1 forwarding + requeue, and a real 2-process CPU run
+through launch/torchrun.sh."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from megadyt.parallel.distributed import LaunchEnv
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(
+    p for p in (ROOT / "launch").rglob("*") if p.suffix in (".sh", ".sbatch") and p.is_file()
+)
+SBATCH = ROOT / "launch/slurm/pretrain.sbatch"
+VENV_BIN = str(Path(sys.executable).parent)
+
+FAKE_SRUN = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$FAKE_LOG/srun.args"
+if [[ "${FAKE_SRUN_WAIT:-0}" == 1 ]]; then
+    trap 'echo USR1 > "$FAKE_LOG/srun.signal"; exit 0' USR1
+    while true; do sleep 0.1; done
+fi
+"""
+FAKE_SCONTROL = """#!/usr/bin/env bash
+echo "$*" >> "$FAKE_LOG/scontrol.calls"
+if [[ "$1 $2" == "show hostnames" ]]; then printf 'gpu-node-07\\ngpu-node-08\\n'; fi
+"""
+
+
+def test_there_are_scripts():
+    names = {p.relative_to(ROOT).as_posix() for p in SCRIPTS}
+    assert {"launch/torchrun.sh", "launch/slurm/pretrain.sbatch"} <= names
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_bash_syntax(script):
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_shellcheck_clean():
+    if shutil.which("shellcheck") is None:
+        pytest.fail("shellcheck is not installed: apt-get install -y shellcheck")
+    proc = subprocess.run(["shellcheck", *map(str, SCRIPTS)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def _fake_slurm(tmp_path: Path, extra_env: dict | None = None) -> dict:
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(
+        PATH=f"{bin_dir}:{VENV_BIN}:{env['PATH']}",
+        FAKE_LOG=str(log),
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_NNODES="2",
+        SLURM_JOB_NODELIST="gpu-node-[07-08]",
+        SLURM_GPUS_ON_NODE="4",
+        SLURM_RESTART_COUNT="1",
+        SLURM_SUBMIT_DIR=str(ROOT),
+    )
+    env.update(extra_env or {})
+    return env
+
+
+def _sbatch_args(tmp_path: Path) -> list[str]:
+    return ["configs/tiny/dyt.yaml", "--set", "train.micro_batch_size=1",
+            "--set", f"run.dir={tmp_path}/run"]  # fmt: skip
+
+
+def test_sbatch_builds_the_two_node_torchrun_command(tmp_path):
+    env = _fake_slurm(tmp_path)
+    proc = subprocess.run(
+        ["bash", str(SBATCH), *_sbatch_args(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    args = (tmp_path / "log/srun.args").read_text().splitlines()
+    head = args[: args.index("torchrun")]
+    assert "--nodes=2" in head and "--ntasks-per-node=1" in head
+    torchrun = args[args.index("torchrun") + 1 :]
+    for expected in (
+        "--nnodes=2",
+        "--nproc_per_node=4",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=gpu-node-07:29500",
+        "--rdzv_id=4242",
+        "--signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+    ):
+        assert expected in torchrun, (expected, torchrun)
+    train = ["-m", "megadyt", "train", "--config", *_sbatch_args(tmp_path)]
+    assert torchrun[torchrun.index("-m") :] == train
+    calls = (tmp_path / "log/scontrol.calls").read_text()
+    assert "show hostnames gpu-node-[07-08]" in calls and "requeue" not in calls
+    # The plan check (2 nodes x 4 = 8 ranks) ran and went to the run dir's log.
+    log = (tmp_path / "run/logs/slurm-4242-restart1.log").read_text()
+    assert "TP 1 x DP 8" in log and "fits" in log
+
+
+def test_sbatch_forwards_usr1_to_srun_and_requeues(tmp_path):
+    env = _fake_slurm(tmp_path, {"FAKE_SRUN_WAIT": "1"})
+    proc = subprocess.Popen(
+        ["bash", str(SBATCH), *_sbatch_args(tmp_path)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while not (tmp_path / "log/srun.args").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "srun never started"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@300` does
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert (tmp_path / "log/srun.signal").read_text().strip() == "USR1"
+    assert "requeue 4242" in (tmp_path / "log/scontrol.calls").read_text()
+
+
+def test_torchrun_sh_trains_two_cpu_processes(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "NPROC": "2", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    sets = ["train.steps=2", "model.num_layers=2", "train.eval_iters=1", f"run.dir={run_dir}"]
+    overrides = sum((["--set", s] for s in sets), [])
+    proc = subprocess.run(
+        ["bash", "launch/torchrun.sh", "configs/tiny/dyt.yaml", *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (run_dir / "checkpoints/latest").read_text().strip().endswith("2")
+    (log,) = (run_dir / "logs").glob("torchrun-*.log")
+    assert "step       2/2" in log.read_text()
+    assert "2 process(es)" in proc.stderr
+
+
+def test_launch_env_reads_slurm_job_facts():
+    env = LaunchEnv.from_environ(
+        {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "SLURM_JOB_ID": "77",
+         "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1", "SLURM_RESTART_COUNT": "3"}
+    )  # fmt: skip
+    assert (env.launcher, env.rank, env.job_id, env.num_nodes, env.node_rank) == (
+        "torchrun", 9, "77", 2, 1)  # fmt: skip
+    assert env.requeued and env.restart_count == 3
+    plain = LaunchEnv.from_environ({"RANK": "0", "WORLD_SIZE": "1"})
+    assert plain.job_id is None and not plain.requeued
