@@ -12,13 +12,19 @@ HELP = "pretrain a model (single process, or under torchrun / srun)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.add_argument(
+        "--resume-fallback",
+        action="store_true",
+        help="if the latest checkpoint fails verification, resume from the newest one that passes",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from megadyt.parallel.distributed import destroy_distributed
     from megadyt.training.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = [*args.overrides, *(["train.resume_fallback=true"] if args.resume_fallback else [])]
+    cfg = load_config(args.config, overrides)
     try:
         result = train(cfg)
     finally:

@@ -86,6 +86,12 @@ class TrainConfig:
     save_interval: int = 50
     exit_interval: int | None = None  # stop cleanly (after a checkpoint) once this step is done
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
+    # A failed checkpoint save (disk full, unwritable dir) never moves `latest`; then "stop"
+    # ends the run with a clear message, "warn" logs it and keeps training.
+    on_save_error: Literal["stop", "warn"] = "stop"
+    # When `latest` fails its manifest check, resume from the newest earlier checkpoint that
+    # verifies instead of stopping (`megadyt train --resume-fallback`).
+    resume_fallback: bool = False
     peak_tflops: float | None = None  # per device, for MFU; None: a default for the device
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,16 @@ def tag_for(step: int) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` via a temporary file and rename: readers see the old or the new text."""
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:
@@ -78,40 +83,79 @@ def _set_rng_state(state: dict) -> None:
     tp_random.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+class CheckpointSaveError(MegadytError):
+    """A save failed on some rank (disk full, unwritable dir); `latest` was not moved."""
+
+
+def _any_rank(flag: bool) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0], device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _device() -> torch.device:
+    from megadyt.parallel.distributed import device
+
+    return device()
+
+
+def _write_manifest(ckpt_dir: Path, tag: str, step: int) -> None:
+    files = sorted(p for p in (ckpt_dir / tag).rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {
+        "step": step,
+        "world_size": dist.get_world_size(),
+        "files": {
+            str(p.relative_to(ckpt_dir / tag)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in files
+        },
+    }
+    atomic_write_text(ckpt_dir / tag / MANIFEST, json.dumps(manifest, indent=1))
+
+
 def save_checkpoint(
     engine, ckpt_dir: Path, step: int, client_state: dict, before_publish=None
 ) -> Path:
     """Save a complete checkpoint for `step` (all ranks call this), then publish it.
 
     `before_publish(tag_dir)` runs on every rank after DeepSpeed's files are written and before
-    the manifest, so whatever it writes is covered by the checksums."""
+    the manifest, so whatever it writes is covered by the checksums. If any rank fails to write,
+    nothing is published: the partial directory is removed and `latest` keeps pointing at the
+    previous complete checkpoint; CheckpointSaveError is raised on every rank."""
     tag = tag_for(step)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    tag_dir = ckpt_dir / tag
     rank = dist.get_rank()
-    rng_path = ckpt_dir / tag / f"rng_rank{rank:05d}.pt"
-    torch.save(_rng_state(), rng_path.with_suffix(".tmp"))
-    os.replace(rng_path.with_suffix(".tmp"), rng_path)
-    if before_publish is not None:
-        before_publish(ckpt_dir / tag)
+    error = None
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+        rng_path = tag_dir / f"rng_rank{rank:05d}.pt"
+        torch.save(_rng_state(), rng_path.with_suffix(".tmp"))
+        os.replace(rng_path.with_suffix(".tmp"), rng_path)
+        if before_publish is not None:
+            before_publish(tag_dir)
+    except OSError as exc:
+        error = f"rank {rank}: {exc.strerror or exc} ({getattr(exc, 'filename', None) or tag_dir})"
+    failed = _any_rank(error is not None)
+    if not failed and rank == 0:
+        try:
+            _write_manifest(ckpt_dir, tag, step)
+            atomic_write_text(ckpt_dir / LATEST, tag)
+        except OSError as exc:
+            error = f"rank 0: {exc.strerror or exc} (writing {tag_dir / MANIFEST})"
+    failed = _any_rank(error is not None)
+    if failed:
+        messages = [None] * dist.get_world_size()
+        dist.all_gather_object(messages, error)
+        first = next(m for m in messages if m)
+        previous = latest_tag(ckpt_dir)
+        if rank == 0 and previous != tag:
+            shutil.rmtree(tag_dir, ignore_errors=True)
+        raise CheckpointSaveError(
+            f"checkpoint save at step {step} failed, {first}; {ckpt_dir / LATEST} still points "
+            f"at {previous or 'nothing'}: free space or fix the run dir, then rerun to resume"
+        )
     dist.barrier()
-    if rank == 0:
-        files = sorted(p for p in (ckpt_dir / tag).rglob("*") if p.is_file() and p.name != MANIFEST)
-        manifest = {
-            "step": step,
-            "world_size": dist.get_world_size(),
-            "files": {
-                str(p.relative_to(ckpt_dir / tag)): {
-                    "bytes": p.stat().st_size,
-                    "sha256": _sha256(p),
-                }
-                for p in files
-            },
-        }
-        atomic_write_text(ckpt_dir / tag / MANIFEST, json.dumps(manifest, indent=1))
-        atomic_write_text(ckpt_dir / LATEST, tag)
-    dist.barrier()
-    return ckpt_dir / tag
+    return tag_dir
 
 
 def latest_tag(ckpt_dir: Path) -> str | None:
@@ -146,18 +190,54 @@ def verify_checkpoint(ckpt_dir: Path, tag: str) -> dict:
     return manifest
 
 
-def load_checkpoint(engine, ckpt_dir: Path) -> dict | None:
-    """Resume from `latest` if there is one; returns the client state (None: fresh start)."""
+def _complete_tags(ckpt_dir: Path) -> list[str]:
+    """Checkpoint tags that have a manifest, newest first."""
+    tags = [p.name for p in ckpt_dir.glob("step_*") if (p / MANIFEST).is_file()]
+    return sorted(tags, reverse=True)
+
+
+def choose_checkpoint(ckpt_dir: Path, fallback: bool) -> tuple[str | None, str | None, str | None]:
+    """(tag to load, error if none can be loaded, note about a fallback) -- rank 0's decision."""
     tag = latest_tag(ckpt_dir)
     if tag is None:
+        return None, None, None
+    try:
+        verify_checkpoint(ckpt_dir, tag)
+        return tag, None, None
+    except MegadytError as exc:
+        if not fallback:
+            return None, f"{exc} (or rerun with --resume-fallback to use the previous one)", None
+        first_error = str(exc)
+    for older in _complete_tags(ckpt_dir):
+        if older >= tag:
+            continue
+        try:
+            verify_checkpoint(ckpt_dir, older)
+        except MegadytError:
+            continue
+        return older, None, f"{first_error}; falling back to {ckpt_dir / older}"
+    return None, f"{first_error}; no earlier complete checkpoint verifies either", None
+
+
+def load_checkpoint(engine, ckpt_dir: Path, fallback: bool = False) -> dict | None:
+    """Resume from `latest` if there is one; returns the client state (None: fresh start).
+
+    Rank 0 verifies the manifest and tells every rank what to load (or the error), so a bad
+    checkpoint fails all ranks with the same one-line message instead of hanging the others."""
+    decision = [choose_checkpoint(ckpt_dir, fallback) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(decision, src=0)
+    tag, error, note = decision[0]
+    if error:
+        raise MegadytError(error)
+    if tag is None:
         return None
-    manifest = verify_checkpoint(ckpt_dir, tag) if dist.get_rank() == 0 else None
-    world = [manifest]
-    dist.broadcast_object_list(world, src=0)
-    if world[0]["world_size"] != dist.get_world_size() and engine.zero_optimization_stage() > 0:
+    if note and dist.get_rank() == 0:
+        print(f"megadyt: warning: {note}", flush=True)
+    manifest = json.loads((ckpt_dir / tag / MANIFEST).read_text())
+    if manifest["world_size"] != dist.get_world_size() and engine.zero_optimization_stage() > 0:
         # DeepSpeed can reshape ZeRO states only through its universal-checkpoint tooling
         raise MegadytError(
-            f"checkpoint {ckpt_dir / tag} was saved by {world[0]['world_size']} ranks, this run "
+            f"checkpoint {ckpt_dir / tag} was saved by {manifest['world_size']} ranks, this run "
             f"has {dist.get_world_size()}; resume with the same layout"
         )
     load_path, client_state = engine.load_checkpoint(

@@ -221,13 +221,22 @@ class Trainer:
         def write_weights(tag_dir: Path) -> None:
             save_tp_shard(self.engine, self.cfg, tag_dir)
 
-        checkpoint.save_checkpoint(
-            self.engine, self.ckpt_dir, step, {"step": step}, before_publish=write_weights
-        )
+        try:
+            checkpoint.save_checkpoint(
+                self.engine, self.ckpt_dir, step, {"step": step}, before_publish=write_weights
+            )
+        except checkpoint.CheckpointSaveError as exc:
+            if self.cfg.train.on_save_error == "stop":
+                raise
+            if self.rank0:
+                print(
+                    f"megadyt: warning: {exc}; training continues (train.on_save_error=warn)",
+                    flush=True,
+                )
 
     def run(self) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
-        client = checkpoint.load_checkpoint(self.engine, self.ckpt_dir)
+        client = checkpoint.load_checkpoint(self.engine, self.ckpt_dir, t.resume_fallback)
         first = int(client["step"]) if client else 0
         logger = MetricsLogger(self.run_dir, self.rank0, t.steps, cfg.run.name or self.run_dir.name)
         if client:
