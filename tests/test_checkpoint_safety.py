@@ -106,3 +106,12 @@ def test_disk_full_save_keeps_previous_checkpoint(tmp_path, policy):
     else:
         assert sorted(result["losses"]) == list(range(1, 10))
         assert (ckpt / "latest").read_text() == "step_0000009"
+
+
+def test_checkpoint_of_another_model_is_refused(trained, tmp_path):
+    run_dir, _ = trained
+    run = _copy(run_dir, tmp_path)
+    refused = run_distributed(
+        _run, world_size=1, overrides=[f"run.dir={run}", "train.steps=9", "model.norm=rmsnorm"]
+    )[0]
+    assert "model.norm='dyt' there vs 'rmsnorm' here" in refused["error"], refused

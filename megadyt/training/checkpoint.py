@@ -99,11 +99,12 @@ def _device() -> torch.device:
     return device()
 
 
-def _write_manifest(ckpt_dir: Path, tag: str, step: int) -> None:
+def _write_manifest(ckpt_dir: Path, tag: str, step: int, model: dict | None) -> None:
     files = sorted(p for p in (ckpt_dir / tag).rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {
         "step": step,
         "world_size": dist.get_world_size(),
+        "model": model,
         "files": {
             str(p.relative_to(ckpt_dir / tag)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
             for p in files
@@ -113,7 +114,12 @@ def _write_manifest(ckpt_dir: Path, tag: str, step: int) -> None:
 
 
 def save_checkpoint(
-    engine, ckpt_dir: Path, step: int, client_state: dict, before_publish=None
+    engine,
+    ckpt_dir: Path,
+    step: int,
+    client_state: dict,
+    before_publish=None,
+    model: dict | None = None,
 ) -> Path:
     """Save a complete checkpoint for `step` (all ranks call this), then publish it.
 
@@ -138,7 +144,7 @@ def save_checkpoint(
     failed = _any_rank(error is not None)
     if not failed and rank == 0:
         try:
-            _write_manifest(ckpt_dir, tag, step)
+            _write_manifest(ckpt_dir, tag, step, model)
             atomic_write_text(ckpt_dir / LATEST, tag)
         except OSError as exc:
             error = f"rank 0: {exc.strerror or exc} (writing {tag_dir / MANIFEST})"
@@ -219,7 +225,24 @@ def choose_checkpoint(ckpt_dir: Path, fallback: bool) -> tuple[str | None, str |
     return None, f"{first_error}; no earlier complete checkpoint verifies either", None
 
 
-def load_checkpoint(engine, ckpt_dir: Path, fallback: bool = False) -> dict | None:
+def _check_same_model(ckpt_dir: Path, tag: str, saved: dict | None, model: dict | None) -> None:
+    """A checkpoint of another model (e.g. DyT loaded into an RMSNorm config) is refused."""
+    if not saved or not model:
+        return
+    differ = [k for k in sorted(set(saved) | set(model)) if saved.get(k) != model.get(k)]
+    if differ:
+        details = ", ".join(
+            f"model.{k}={saved.get(k)!r} there vs {model.get(k)!r} here" for k in differ[:3]
+        )
+        raise MegadytError(
+            f"checkpoint {ckpt_dir / tag} is of a different model ({details}); use the config it "
+            "was trained with, or a new run.dir"
+        )
+
+
+def load_checkpoint(
+    engine, ckpt_dir: Path, fallback: bool = False, model: dict | None = None
+) -> dict | None:
     """Resume from `latest` if there is one; returns the client state (None: fresh start).
 
     Rank 0 verifies the manifest and tells every rank what to load (or the error), so a bad
@@ -234,6 +257,7 @@ def load_checkpoint(engine, ckpt_dir: Path, fallback: bool = False) -> dict | No
     if note and dist.get_rank() == 0:
         print(f"megadyt: warning: {note}", flush=True)
     manifest = json.loads((ckpt_dir / tag / MANIFEST).read_text())
+    _check_same_model(ckpt_dir, tag, manifest.get("model"), model)
     if manifest["world_size"] != dist.get_world_size() and engine.zero_optimization_stage() > 0:
         # DeepSpeed can reshape ZeRO states only through its universal-checkpoint tooling
         raise MegadytError(

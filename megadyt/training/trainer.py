@@ -223,7 +223,12 @@ class Trainer:
 
         try:
             checkpoint.save_checkpoint(
-                self.engine, self.ckpt_dir, step, {"step": step}, before_publish=write_weights
+                self.engine,
+                self.ckpt_dir,
+                step,
+                {"step": step},
+                before_publish=write_weights,
+                model=self.cfg.to_dict()["model"],
             )
         except checkpoint.CheckpointSaveError as exc:
             if self.cfg.train.on_save_error == "stop":
@@ -236,7 +241,9 @@ class Trainer:
 
     def run(self) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
-        client = checkpoint.load_checkpoint(self.engine, self.ckpt_dir, t.resume_fallback)
+        client = checkpoint.load_checkpoint(
+            self.engine, self.ckpt_dir, t.resume_fallback, model=cfg.to_dict()["model"]
+        )
         first = int(client["step"]) if client else 0
         logger = MetricsLogger(self.run_dir, self.rank0, t.steps, cfg.run.name or self.run_dir.name)
         if client:

@@ -1,0 +1,45 @@
+"""`megadyt compare RUN_DIR...`: loss curves of several runs against tokens, and a summary table.
+
+Reads each run's TensorBoard logs (RUN_DIR/tb), draws train and validation loss vs tokens and, on
+a second panel, the difference to the first run (the baseline); prints a markdown table of final
+losses, their gap to the baseline, and the zero-shot average from RUN_DIR/eval/step_*.json
+(written by `megadyt eval --run-dir RUN_DIR`) when one exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from megadyt.errors import MegadytError
+
+HELP = "plot and tabulate the loss curves of several runs (first run = baseline)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run dirs; the first is the baseline"
+    )
+    parser.add_argument(
+        "--output", default="compare.png", help="PNG to write (default compare.png)"
+    )
+    parser.add_argument(
+        "--smooth", type=int, default=1, metavar="K", help="moving average over K train-loss points"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from megadyt.evaluation.curves import load_run, markdown_table, plot
+
+    if args.smooth < 1:
+        raise MegadytError(f"--smooth {args.smooth}: give a window of at least 1 point")
+    if not str(args.output).lower().endswith(".png"):
+        raise MegadytError(f"--output {args.output!r} must end with .png")
+    runs = [load_run(path) for path in args.runs]
+    names = [r.name for r in runs]
+    for i, run in enumerate(runs):  # same basename in different parents: use the full path
+        if names.count(run.name) > 1:
+            run.name = str(args.runs[i])
+    path = plot(runs, args.output, args.smooth)
+    print(markdown_table(runs))
+    print(f"\nfigure written to {path}")
+    return 0

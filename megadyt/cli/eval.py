@@ -1,0 +1,138 @@
+"""`megadyt eval`: zero-shot lm-eval tasks on a checkpoint (any TP/ZeRO layout, one device).
+
+Suites: `paper15` (the paper's 15 tasks; needs the Hugging Face hub or its cache) and `offline`
+(tasks built from the held-out stdlib corpus, see evaluation/tasks). Prints a markdown table,
+writes JSON with --output, and with --run-dir also writes RUN_DIR/eval/step_NNNNNNN.json (read by
+`megadyt compare`) and TensorBoard scalars eval/<task> and eval/average at the checkpoint's step.
+Exit code 0 when every task ran, 1 when some could not load (each is named with its reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from megadyt.errors import MegadytError
+
+HELP = "evaluate a checkpoint on lm-eval tasks (suites: paper15, offline)"
+EVAL_DIR = "eval"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run dir, its checkpoints/ dir, or one checkpoints/step_NNNNNNN dir",
+    )
+    parser.add_argument(
+        "--tasks",
+        default="offline",
+        help="suite (paper15, offline) or comma-separated lm-eval task names (default: offline)",
+    )
+    parser.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra directory of lm-eval task YAMLs (repeatable)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="at most N documents per task")
+    parser.add_argument("--num-fewshot", type=int, default=None, help="default: zero-shot")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--output", metavar="FILE.json", help="write the results here")
+    parser.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help=f"also write DIR/{EVAL_DIR}/step_NNNNNNN.json and TensorBoard scalars under DIR/tb",
+    )
+
+
+def checkpoint_step(tag_dir: Path) -> int:
+    match = re.search(r"step_(\d+)", tag_dir.name)
+    return int(match.group(1)) if match else 0
+
+
+def eval_json_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / EVAL_DIR / f"step_{step:07d}.json"
+
+
+def latest_eval_json(run_dir: str | Path) -> Path | None:
+    """The eval results of the newest evaluated step in a run dir, if any."""
+    files = sorted((Path(run_dir) / EVAL_DIR).glob("step_*.json"))
+    return files[-1] if files else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from megadyt.evaluation.harness import evaluate, expand_tasks
+    from megadyt.evaluation.lm import MegadytLM
+    from megadyt.parallel.distributed import destroy_distributed
+    from megadyt.training.export import resolve_tag_dir
+
+    tag_dir = resolve_tag_dir(args.checkpoint)
+    step = checkpoint_step(tag_dir)
+    names = expand_tasks(args.tasks)
+    if args.limit is not None and args.limit < 1:
+        raise MegadytError(f"--limit {args.limit}: give a positive number of documents")
+    start = time.perf_counter()
+    try:
+        lm = MegadytLM(
+            checkpoint=str(tag_dir),
+            device=args.device,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+        )
+        # The offline tasks build their data under the run's data.cache_dir.
+        os.environ.setdefault("MEGADYT_CACHE_DIR", lm.cfg.data.cache_dir)
+        report, _ = evaluate(
+            lm,
+            names,
+            include_paths=args.include_path,
+            limit=args.limit,
+            num_fewshot=args.num_fewshot,
+        )
+    finally:
+        destroy_distributed()
+    payload = {
+        "checkpoint": str(tag_dir),
+        "step": step,
+        "norm": lm.cfg.model.norm,
+        "limit": args.limit,
+        "num_fewshot": args.num_fewshot or 0,
+        "seconds": round(time.perf_counter() - start, 1),
+        **report.to_dict(),
+    }
+    print(report.table())
+    for name, reason in report.errors.items():
+        print(f"megadyt: task {name} failed: {reason}", file=sys.stderr)
+    if not report.scores:
+        raise MegadytError(
+            "no task could be evaluated: "
+            + "; ".join(f"{n}: {r}" for n, r in report.errors.items())
+        )
+    targets = [Path(args.output)] if args.output else []
+    if args.run_dir:
+        targets.append(eval_json_path(args.run_dir, step))
+        _log_tensorboard(Path(args.run_dir), step, report.scalars())
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"results written to {target}")
+    return 1 if report.errors else 0
+
+
+def _log_tensorboard(run_dir: Path, step: int, scalars: dict[str, float]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+    try:
+        for key, value in scalars.items():
+            writer.add_scalar(key, value, step)
+    finally:
+        writer.close()

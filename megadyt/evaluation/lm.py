@@ -1,0 +1,285 @@
+"""lm-eval model `megadyt`: scores megadyt checkpoints (or an in-memory TP=1 model).
+
+Importing this module registers the class with lm-eval's model registry, so afterwards
+`lm_eval.simple_evaluate(model="megadyt", model_args="checkpoint=RUN_DIR")` works. lm-eval has no
+plugin entry point for models, so its own `lm_eval` command only knows `megadyt` when this module
+was imported first; use `megadyt eval` or, for lm-eval's CLI,
+
+    python -c "import megadyt.evaluation.lm, sys; from lm_eval.__main__ import cli_evaluate; \\
+        sys.argv[0] = 'lm_eval'; cli_evaluate()" --model megadyt --model_args checkpoint=DIR ...
+
+Any checkpoint layout loads on one device: TP shards are merged by `load_tp1_weights` (ZeRO-3
+partitions were gathered when the checkpoint was written). Requests are sorted by length and
+batched; inputs are right-padded, which a causal model cannot see. Documents are preceded by
+the tokenizer's eos, as in training (every document there ends with eos).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lm_eval.models  # noqa: F401  (registers lm-eval's own names before ours)
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from megadyt.config import Config
+from megadyt.data.tokenizer import Tokenizer, load_tokenizer
+from megadyt.errors import MegadytError
+
+PAD_MULTIPLE = 16  # batch lengths are rounded up to this (fewer distinct causal-mask shapes)
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def load_checkpoint_model(
+    checkpoint: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[torch.nn.Module, Config]:
+    """(TP=1 model in eval mode on `device`, its config) from any megadyt checkpoint.
+
+    Initialises a single-process distributed state (TP=1) if none exists yet.
+    """
+    from megatron.core import parallel_state
+
+    from megadyt.model.llama import build_model
+    from megadyt.parallel.distributed import init_distributed, seed_everything
+    from megadyt.training.export import load_tp1_weights
+
+    cfg, state = load_tp1_weights(checkpoint)
+    if not parallel_state.model_parallel_is_initialized():
+        init_distributed(tp=1)
+    if parallel_state.get_tensor_model_parallel_world_size() != 1:
+        raise MegadytError(
+            "evaluation needs a TP=1 process group; run it in its own process, not under torchrun"
+        )
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, perform_initialization=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise MegadytError(
+            f"checkpoint {checkpoint} does not match its config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    model = model.to(device=_resolve_device(device), dtype=dtype)
+    model.eval()
+    return model, cfg
+
+
+def tokenizer_for(cfg: Config) -> Tokenizer:
+    """The tokenizer the run trained with (`data.tokenizer`, built-in ones under data.cache_dir)."""
+    return load_tokenizer(cfg.data.tokenizer, cfg.data.cache_dir)
+
+
+@register_model("megadyt")
+class MegadytLM(TemplateLM):
+    """lm-eval model over a megadyt LLaMA.
+
+    model_args: checkpoint=DIR (run dir, its checkpoints/ dir, or a step_* dir), device
+    (cpu/cuda/auto), batch_size (int), max_length (default: the model's seq_length),
+    dtype (float32/bfloat16/float16), max_gen_toks (default 256).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        device: str | None = None,
+        batch_size: int | str | None = 8,
+        max_length: int | None = None,
+        dtype: str = "float32",
+        max_gen_toks: int = 256,
+        *,
+        model: torch.nn.Module | None = None,
+        cfg: Config | None = None,
+        tokenizer: Tokenizer | None = None,
+        **_ignored: Any,
+    ) -> None:
+        super().__init__()
+        if model is None:
+            if not checkpoint:
+                raise MegadytError("model `megadyt` needs model_args checkpoint=DIR")
+            torch_dtype = {
+                "float32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "float16": torch.float16,
+            }.get(str(dtype))
+            if torch_dtype is None:
+                raise MegadytError(f"dtype {dtype!r}: use float32, bfloat16 or float16")
+            model, cfg = load_checkpoint_model(checkpoint, device, torch_dtype)
+        elif cfg is None:
+            raise MegadytError("MegadytLM(model=...) also needs cfg=")
+        self.model = model
+        self.cfg = cfg
+        self.tok = tokenizer or tokenizer_for(cfg)
+        self._device = next(model.parameters()).device
+        if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
+            batch_size = 8
+        self.batch_size = max(1, int(batch_size))
+        self.max_length = int(max_length or cfg.model.seq_length)
+        self.max_gen_toks = int(max_gen_toks)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        from lm_eval.utils import simple_parse_args_string
+
+        args = simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**{**extra, **args})
+
+    # ---------------------------------------------------------------- tokenizer interface
+    @property
+    def eot_token_id(self) -> int:
+        return self.tok.eos_id
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tok.model_path
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kw) -> list[int]:
+        return self.tok.encode(string)
+
+    def tok_decode(self, tokens: Sequence[int]) -> str:
+        return self.tok.decode(tokens)
+
+    # ---------------------------------------------------------------- model calls
+    @torch.no_grad()
+    def _logits(self, rows: list[list[int]]) -> torch.Tensor:
+        """float32 log-probs [b, s, V] for right-padded rows (s = longest row, rounded up)."""
+        longest = max(len(r) for r in rows)
+        width = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, max(self.max_length, longest))
+        batch = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            batch[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            logits = self.model(batch.to(self.device))
+        finally:
+            self.model.train(was_training)
+        if logits.shape[-1] != self.cfg.model.vocab_size:
+            raise MegadytError(
+                f"model returned {logits.shape[-1]} of {self.cfg.model.vocab_size} vocabulary "
+                "logits: evaluation needs a TP=1 model"
+            )
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def _batches(self, items: list, length: Callable[[Any], int]):
+        """Indices sorted by descending length, in chunks of batch_size."""
+        order = sorted(range(len(items)), key=lambda i: -length(items[i]))
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+        """(context tokens, continuation tokens) -> (sum log p(continuation), all greedy)."""
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        inputs = []
+        for _, context_enc, continuation_enc in requests:
+            if not continuation_enc:
+                inputs.append(([], 0))
+                continue
+            whole = (context_enc + continuation_enc)[-(self.max_length + 1) :]
+            inputs.append((whole[:-1], len(continuation_enc)))
+        for chunk in self._batches(inputs, lambda x: len(x[0])):
+            todo = [i for i in chunk if inputs[i][1] > 0]
+            for i in chunk:
+                if inputs[i][1] == 0:
+                    results[i] = (0.0, True)
+            if not todo:
+                continue
+            logprobs = self._logits([inputs[i][0] for i in todo])
+            for row, i in enumerate(todo):
+                tokens, n = inputs[i]
+                _, _, continuation_enc = requests[i]
+                target = torch.tensor(continuation_enc[-n:], device=logprobs.device)
+                scores = logprobs[row, len(tokens) - n : len(tokens)]
+                picked = scores.gather(1, target[:, None]).squeeze(1)
+                greedy = bool((scores.argmax(dim=-1) == target).all())
+                results[i] = (float(picked.sum()), greedy)
+                self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Whole-document log-likelihood: windows of max_length tokens, each token scored once,
+        every window after the first with the most context the length allows."""
+        windows, owner = [], []
+        for doc_index, request in enumerate(requests):
+            (text,) = request.args
+            for pair in get_rolling_token_windows(
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            ):
+                context, continuation = make_disjoint_window(pair)
+                windows.append(((None, None), context, continuation))
+                owner.append(doc_index)
+        totals = [0.0] * len(requests)
+        for doc_index, (logprob, _) in zip(owner, self._loglikelihood_tokens(windows)):
+            totals[doc_index] += logprob
+        for request, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy decoding until a stop string, eos, or max_gen_toks new tokens."""
+        jobs = []
+        for request in requests:
+            context, gen_kwargs = request.args
+            gen_kwargs = dict(gen_kwargs or {})
+            until = gen_kwargs.pop("until", None) or []
+            if isinstance(until, str):
+                until = [until]
+            max_new = int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks))
+            context_enc = self.tok_encode(context) if context else [self.prefix_token_id]
+            jobs.append((context_enc, list(until), max_new))
+        outputs: list[str | None] = [None] * len(jobs)
+        vocab = self.tok.vocab_size
+        for chunk in self._batches(jobs, lambda job: len(job[0])):
+            seqs = [list(jobs[i][0]) for i in chunk]
+            new = [[] for _ in chunk]
+            done = [jobs[i][2] <= 0 for i in chunk]
+            while not all(done):
+                live = [k for k in range(len(chunk)) if not done[k]]
+                rows = [seqs[k][-self.max_length :] for k in live]
+                logprobs = self._logits(rows)
+                for row, k in enumerate(live):
+                    next_id = int(logprobs[row, len(rows[row]) - 1, :vocab].argmax())
+                    if next_id == self.eot_token_id:
+                        done[k] = True
+                        continue
+                    seqs[k].append(next_id)
+                    new[k].append(next_id)
+                    context_enc, until, max_new = jobs[chunk[k]]
+                    text = self._continuation_text(context_enc, new[k])
+                    if len(new[k]) >= max_new or any(s and s in text for s in until):
+                        done[k] = True
+            for k, i in enumerate(chunk):
+                context_enc, until, _ = jobs[i]
+                text = self._continuation_text(context_enc, new[k])
+                for stop in until:
+                    if stop:
+                        text = text.split(stop)[0]
+                outputs[i] = text
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+        return outputs
+
+    def _continuation_text(self, context_enc: list[int], new: list[int]) -> str:
+        """The decoded text the new tokens add after the context (keeps their leading space)."""
+        if not new:
+            return ""
+        head = self.tok_decode(context_enc)
+        whole = self.tok_decode(context_enc + new)
+        return whole[len(head) :] if whole.startswith(head) else self.tok_decode(new)

@@ -1,0 +1,404 @@
+"""The lm-eval model `megadyt`, the offline tasks, `megadyt eval` and `evaluate_model`.
+
+One tiny DyT checkpoint is trained (in a subprocess, on the built-in corpus) and shared; every
+score is checked against a direct computation from the model's own logits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [
+    "model.num_layers=2",
+    "model.hidden_size=64",
+    "model.ffn_hidden_size=176",
+    "model.seq_length=64",
+    "train.steps=4",
+    "train.log_interval=1",
+    "train.eval_interval=2",
+    "train.eval_iters=1",
+    "train.global_batch_size=4",
+    "train.micro_batch_size=4",
+]
+LONG_TEXT = (REPO / "megadyt" / "evaluation" / "lm.py").read_text()[:2500]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without the launcher variables an in-process init_distributed set
+    (a subprocess would otherwise join this process's rendezvous port)."""
+    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    return {**{k: v for k, v in os.environ.items() if k not in launcher}, **extra}
+
+
+def train_tiny(run_dir: Path, norm: str = "dyt", extra: list[str] = ()) -> Path:
+    args = [sys.executable, "-m", "megadyt", "train", "--config", f"configs/tiny/{norm}.yaml"]
+    for item in [*SMALL, *extra, f"run.dir={run_dir}"]:
+        args += ["--set", item]
+    proc = subprocess.run(
+        args, cwd=REPO, capture_output=True, text=True, timeout=300, env=clean_env()
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("eval") / "dyt")
+
+
+@pytest.fixture(scope="module")
+def lm(run_dir):
+    from megadyt.evaluation.lm import MegadytLM
+
+    return MegadytLM(checkpoint=str(run_dir), batch_size=3)
+
+
+def instance(kind: str, args: tuple, idx: int = 0):
+    from lm_eval.api.instance import Instance
+
+    return Instance(kind, {}, args, idx)
+
+
+@torch.no_grad()
+def direct_logprobs(lm, tokens: list[int]) -> torch.Tensor:
+    """[len-1] log p(tokens[i+1] | tokens[:i+1]) from one unpadded forward."""
+    logits = lm.model(torch.tensor([tokens], device=lm.device))[0].float()
+    logprobs = F.log_softmax(logits, dim=-1)
+    return logprobs[:-1].gather(1, torch.tensor(tokens[1:], device=lm.device)[:, None])[:, 0]
+
+
+def test_registered_under_megadyt_on_import():
+    from lm_eval.api.registry import get_model
+
+    from megadyt.evaluation.lm import MegadytLM
+
+    assert get_model("megadyt") is MegadytLM
+
+
+def test_loglikelihood_is_the_sum_of_direct_token_logprobs(lm):
+    pairs = [
+        ("def area(self):\n", "    return self.width * self.height"),
+        ("Return the number of", " items in the queue."),
+        ("x", " = 1"),
+        ("", "import os"),  # empty context: conditioned on eos
+    ]
+    got = lm.loglikelihood([instance("loglikelihood", p, i) for i, p in enumerate(pairs)])
+    for (context, continuation), (logprob, greedy) in zip(pairs, got):
+        # lm-eval's rule: trailing whitespace of the context belongs to the continuation
+        context_ids = lm.tok.encode(context.rstrip()) if context else [lm.tok.eos_id]
+        tokens = (
+            lm.tok.encode(context + continuation)
+            if context
+            else [lm.tok.eos_id, *lm.tok.encode(continuation)]
+        )
+        direct = direct_logprobs(lm, tokens)[len(context_ids) - 1 :]
+        assert len(direct) >= 1
+        assert logprob == pytest.approx(direct.sum().item(), abs=1e-3)
+        assert isinstance(greedy, bool)
+
+
+def test_greedy_flag_is_true_for_the_models_own_argmax(lm):
+    context = "def __init__(self"
+    tokens = lm.tok.encode(context)
+    for _ in range(3):
+        logits = lm.model(torch.tensor([tokens], device=lm.device))[0, -1, : lm.tok.vocab_size]
+        tokens.append(int(logits.argmax()))
+    continuation = lm.tok.decode(tokens)[len(lm.tok.decode(tokens[:-3])) :]
+    pieces = lm.tok.encode(context + continuation)
+    if pieces != tokens:
+        pytest.skip("greedy tokens do not re-tokenize to themselves")
+    ((_, greedy),) = lm.loglikelihood([instance("loglikelihood", (context, continuation))])
+    assert greedy
+
+
+def test_rolling_loglikelihood_scores_each_token_once_in_windows(lm):
+    tokens = lm.tok.encode(LONG_TEXT)
+    n, window = len(tokens), lm.max_length
+    assert n > 3 * window  # several windows, the last one partial
+    full = [lm.tok.eos_id, *tokens]  # full[j] predicts tokens[j]
+    expected, scored = 0.0, 0
+    for start in range(0, n, window):
+        end = min(start + window, n)
+        lo = max(0, end - window)  # the last window gets a full context
+        logprobs = direct_logprobs(lm, full[lo : end + 1])  # predicts tokens[lo:end]
+        expected += logprobs[start - lo : end - lo].sum().item()
+        scored += end - start
+    assert scored == n
+    (got,) = lm.loglikelihood_rolling([instance("loglikelihood_rolling", (LONG_TEXT,))])
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-2)
+    # batching must not change the result: same document among shorter ones
+    docs = [LONG_TEXT[:100], LONG_TEXT, LONG_TEXT[:700]]
+    batch = lm.loglikelihood_rolling(
+        [instance("loglikelihood_rolling", (d,), i) for i, d in enumerate(docs)]
+    )
+    assert batch[1] == pytest.approx(expected, rel=1e-5, abs=1e-2)
+
+
+@torch.no_grad()
+def direct_greedy(lm, context: str, steps: int) -> list[int]:
+    tokens = lm.tok.encode(context)
+    new = []
+    for _ in range(steps):
+        logits = lm.model(torch.tensor([tokens[-lm.max_length :]], device=lm.device))
+        next_id = int(logits[0, -1, : lm.tok.vocab_size].argmax())
+        if next_id == lm.tok.eos_id:
+            break
+        tokens.append(next_id)
+        new.append(next_id)
+    return new
+
+
+def test_generate_until_is_greedy_and_honours_max_tokens_and_stops(lm):
+    contexts = ["def __init__(self, name", "import os\nimport sys\n", "Return the"]
+    results = lm.generate_until(
+        [
+            instance("generate_until", (c, {"until": [], "max_gen_toks": 8}), i)
+            for i, c in enumerate(contexts)
+        ]
+    )
+    for context, text in zip(contexts, results):
+        new = direct_greedy(lm, context, 8)
+        ids = lm.tok.encode(context)
+        assert text == lm.tok.decode(ids + new)[len(lm.tok.decode(ids)) :]
+    # a stop string taken from the middle of the unconstrained output cuts it there
+    text = results[0]
+    assert len(text) >= 3, text
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    (cut,) = lm.generate_until([instance("generate_until", (contexts[0], {"until": [stop]}))])
+    assert cut == text.split(stop)[0]
+
+
+def offline_docs(task: str, n: int) -> list[dict]:
+    from megadyt.evaluation.offline import build_task_data
+
+    with open(build_task_data(task)) as handle:
+        return [json.loads(line) for line, _ in zip(handle, range(n))]
+
+
+def direct_nextline_accuracy(lm, docs: list[dict]) -> float:
+    correct = 0
+    for doc in docs:
+        scores = lm.loglikelihood(
+            [
+                instance("loglikelihood", (doc["context"], c), i)
+                for i, c in enumerate(doc["choices"])
+            ]
+        )
+        correct += max(range(4), key=lambda i: scores[i][0]) == doc["label"]
+    return correct / len(docs)
+
+
+def test_offline_tasks_through_simple_evaluate(run_dir, lm):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from megadyt.evaluation.offline import TASKS_DIR
+
+    limit = 12
+    results = lm_eval.simple_evaluate(
+        model="megadyt",
+        model_args=f"checkpoint={run_dir},batch_size=4",
+        tasks=["stdlib_nextline", "stdlib_heldout_ppl"],
+        task_manager=TaskManager(include_path=str(TASKS_DIR)),
+        limit=limit,
+        bootstrap_iters=0,
+        log_samples=False,
+    )["results"]
+    docs = offline_docs("stdlib_nextline", limit)
+    assert len({d["context"] for d in docs}) == limit
+    assert results["stdlib_nextline"]["acc,none"] == pytest.approx(
+        direct_nextline_accuracy(lm, docs)
+    )
+    texts = [d["text"] for d in offline_docs("stdlib_heldout_ppl", limit)]
+    total = sum(
+        lm.loglikelihood_rolling([instance("loglikelihood_rolling", (t,), i)])[0]
+        for i, t in enumerate(texts)
+    )
+    n_bytes = sum(len(t.encode()) for t in texts)
+    bits_per_byte = -total / n_bytes / math.log(2)
+    assert results["stdlib_heldout_ppl"]["bits_per_byte,none"] == pytest.approx(bits_per_byte, 1e-4)
+    assert 0.5 < bits_per_byte < 8.5  # 4096-token vocabulary: < log2(4096) bits per token
+
+
+def test_offline_data_is_held_out_and_deterministic(tmp_path):
+    from megadyt.data.builtin import ensure_stdlib_corpus
+    from megadyt.evaluation import offline
+
+    docs = offline_docs("stdlib_nextline", offline.NEXTLINE_EXAMPLES)
+    assert len(docs) == offline.NEXTLINE_EXAMPLES
+    for doc in docs:
+        assert len(doc["choices"]) == 4 and len(set(doc["choices"])) == 4
+        assert doc["choices"][doc["label"]].strip() == doc["answer"]
+    modules = {d["module"] for d in docs}
+    files = ensure_stdlib_corpus(offline.cache_dir())
+    with open(files.train_jsonl) as handle:
+        train_modules = {json.loads(line)["meta"]["module"] for line in handle}
+    assert not modules & train_modules
+    # rebuilt from scratch into another cache: the same bytes
+    fresh = offline.build_task_data("stdlib_nextline", cache=str(tmp_path))
+    assert Path(fresh).read_bytes() == Path(offline.build_task_data("stdlib_nextline")).read_bytes()
+
+
+def test_evaluate_model_scores_an_in_memory_model(run_dir, lm):
+    from megadyt.evaluation.periodic import evaluate_model
+
+    lm.model.train()
+    scalars = evaluate_model(lm.model, lm.cfg, ["stdlib_nextline"], limit=8)
+    assert lm.model.training  # mode restored
+    lm.model.eval()
+    assert scalars["eval/stdlib_nextline"] == pytest.approx(
+        direct_nextline_accuracy(lm, offline_docs("stdlib_nextline", 8))
+    )
+    assert scalars["eval/average"] == scalars["eval/stdlib_nextline"]
+
+
+def test_eval_cli_reports_json_tensorboard_and_failed_hub_task(run_dir, tmp_path):
+    from megadyt.evaluation.curves import read_scalars
+
+    out = tmp_path / "results.json"
+    env = clean_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megadyt",
+            "eval",
+            "--checkpoint",
+            str(run_dir),
+            "--tasks",
+            "stdlib_nextline,arc_easy,no_such_task",
+            "--limit",
+            "6",
+            "--output",
+            str(out),
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "task arc_easy failed" in proc.stderr and "hub" in proc.stderr
+    assert "task no_such_task failed: unknown task" in proc.stderr
+    assert "| stdlib_nextline | acc |" in proc.stdout
+    result = json.loads(out.read_text())
+    assert set(result["errors"]) == {"arc_easy", "no_such_task"}
+    score = result["tasks"]["stdlib_nextline"]["value"]
+    assert result["average"] == score and result["step"] == 4
+    saved = json.loads((run_dir / "eval" / "step_0000004.json").read_text())
+    assert saved["tasks"] == result["tasks"]
+    scalars = read_scalars(run_dir / "tb")
+    assert scalars["eval/stdlib_nextline"][4] == pytest.approx(score)
+    assert scalars["eval/average"][4] == pytest.approx(score)
+
+
+def test_eval_cli_user_errors(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "megadyt", "eval", "--checkpoint", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+    )
+    assert proc.returncode == 2 and "no checkpoint found" in proc.stderr
+
+
+def test_suites_expand_to_the_papers_15_tasks():
+    from megadyt.evaluation.harness import expand_tasks
+
+    paper = expand_tasks("paper15")
+    assert len(paper) == 15 == len(set(paper))
+    assert {"anli_r1", "record", "winogrande", "truthfulqa_mc2", "wic"} <= set(paper)
+    assert expand_tasks("offline,piqa,stdlib_nextline")[-1] == "piqa"
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager().all_tasks)
+    assert set(paper) <= known  # names as lm-eval spells them
+
+
+# ------------------------------------------------------------------ TP=2 checkpoint
+TP2 = [
+    "model.num_layers=2",
+    "model.hidden_size=64",
+    "model.ffn_hidden_size=176",
+    "model.seq_length=64",
+    "model.norm=dyt",
+    "parallel.tp=2",
+    "train.steps=2",
+    "train.log_interval=1",
+    "train.eval_interval=2",
+    "train.eval_iters=1",
+    "train.global_batch_size=2",
+    "train.micro_batch_size=2",
+]
+
+
+def _train_tp2_and_score(rank: int, world_size: int, run_dir: str, tokens: list[int]) -> list:
+    """Train a TP=2 run, then score `tokens` with its TP=2 shards loaded into a TP=2 model."""
+    from megadyt.config import config_from_dict, load_config
+    from megadyt.model import build_model
+    from megadyt.parallel.distributed import seed_everything
+    from megadyt.training.export import WEIGHTS_DIR, resolve_tag_dir
+    from megadyt.training.trainer import train
+
+    cfg = load_config(str(REPO / "configs/tiny/dyt.yaml"), [*TP2, f"run.dir={run_dir}"])
+    train(cfg)
+    shard = torch.load(
+        resolve_tag_dir(run_dir) / WEIGHTS_DIR / f"tp_rank_{rank:02d}.pt", weights_only=True
+    )
+    seed_everything(0)
+    model = build_model(config_from_dict(shard["config"]), perform_initialization=False)
+    model.load_state_dict(shard["state"], strict=False)
+    model.eval()
+    x = torch.tensor([tokens])
+    with torch.no_grad():
+        per_token = model(x[:, :-1], labels=x[:, 1:])  # vocab-parallel cross entropy
+    return per_token[0].tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_tp2_checkpoint_scores_like_the_tp2_model(tmp_path, lm):
+    from megadyt.evaluation.lm import MegadytLM
+    from megadyt.parallel.testing import run_distributed
+
+    text = LONG_TEXT[:600]
+    tokens = [lm.tok.eos_id, *lm.tok.encode(text)][:64]
+    run_dir = tmp_path / "tp2"
+    cwd = os.getcwd()
+    os.chdir(REPO)  # data.cache_dir is relative
+    try:
+        losses = run_distributed(
+            _train_tp2_and_score, world_size=2, run_dir=str(run_dir), tokens=tokens
+        )
+    finally:
+        os.chdir(cwd)
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)  # every TP rank agrees
+    tp2_lm = MegadytLM(checkpoint=str(run_dir))
+    assert tp2_lm.cfg.parallel.tp == 1
+    # losses[i] = -log p(tokens[i+1] | tokens[:i+1]) under TP=2
+    for k in (1, 10, 40):
+        ((got, _),) = tp2_lm._loglikelihood_tokens([(None, tokens[:k], tokens[k:])])
+        assert got == pytest.approx(-sum(losses[0][k - 1 :]), rel=1e-5, abs=1e-3)
+    window = tp2_lm.max_length
+    assert len(tokens) == window  # one full window: rolling = the whole sum
+    text_tokens = tokens[1:]
+    (rolling,) = tp2_lm.loglikelihood_rolling(
+        [instance("loglikelihood_rolling", (tp2_lm.tok.decode(text_tokens),))]
+    )
+    if tp2_lm.tok.encode(tp2_lm.tok.decode(text_tokens)) == text_tokens:
+        assert rolling == pytest.approx(-sum(losses[0]), rel=1e-5, abs=1e-3)
