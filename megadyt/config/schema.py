@@ -85,6 +85,11 @@ class TrainConfig:
     eval_iters: int = 4
     save_interval: int = 50
     exit_interval: int | None = None  # stop cleanly (after a checkpoint) once this step is done
+    # Periodic zero-shot evaluation with lm-eval (e.g. ["offline"] or task names); empty: off.
+    # Runs on every rank in lockstep (ZeRO-3 gathers need it) and needs parallel.tp == 1.
+    zero_shot_tasks: list[str] = field(default_factory=list)
+    zero_shot_interval: int = 1000
+    zero_shot_limit: int | None = 100  # documents per task; None: all
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
     # A failed checkpoint save (disk full, unwritable dir) never moves `latest`; then "stop"
     # ends the run with a clear message, "warn" logs it and keeps training.

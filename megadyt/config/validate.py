@@ -77,6 +77,15 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}")
     _require(t.lr > 0, f"train.lr must be positive, got {t.lr}")
     _require(
+        t.zero_shot_interval > 0,
+        f"train.zero_shot_interval must be positive, got {t.zero_shot_interval}",
+    )
+    _require(
+        not t.zero_shot_tasks or p.tp == 1,
+        "train.zero_shot_tasks needs parallel.tp=1 (evaluate TP>1 runs afterwards with "
+        "megadyt eval, which merges the TP shards)",
+    )
+    _require(
         0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}"
     )
     _require(

@@ -252,7 +252,7 @@ class Trainer:
         losses: dict[int, float] = {}
         tokens_per_step = t.global_batch_size * cfg.model.seq_length
         world = dist.get_world_size()
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, paused = time.perf_counter(), 0, 0.0
         step = first
         stop = StopRequest()
         stop.install()
@@ -276,7 +276,7 @@ class Trainer:
                     continue
                 self.consecutive_bad = 0
                 if step % t.log_interval == 0 or step == stop_at:
-                    elapsed = time.perf_counter() - window_start
+                    elapsed = time.perf_counter() - window_start - paused  # training time only
                     tps = tokens_per_step * window_steps / elapsed
                     tflops = tps * self.flops_per_token / 1e12 / world
                     scalars = {
@@ -293,7 +293,8 @@ class Trainer:
                     }
                     logger.log(step, scalars)
                     logger.progress(step, loss, tps, step - first)
-                    window_start, window_steps = time.perf_counter(), 0
+                    window_start, window_steps, paused = time.perf_counter(), 0, 0.0
+                pause_start = time.perf_counter()  # evaluation and saving are not throughput
                 if step % t.eval_interval == 0 or step == t.steps:
                     valid = self.validation_loss()
                     if valid is not None:
@@ -301,9 +302,21 @@ class Trainer:
                             step, {"valid/loss": valid, "train/tokens": step * tokens_per_step}
                         )
                         logger.message(f"step {step}: validation loss {valid:.4f}")
+                if t.zero_shot_tasks and (step % t.zero_shot_interval == 0 or step == t.steps):
+                    from megadyt.evaluation.periodic import evaluate_model
+
+                    scores = evaluate_model(
+                        self.engine.module, cfg, t.zero_shot_tasks, t.zero_shot_limit
+                    )
+                    logger.log(step, {**scores, "train/tokens": step * tokens_per_step})
+                    logger.message(
+                        f"step {step}: zero-shot "
+                        + ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in scores.items())
+                    )
                 stop_requested = stop.agreed()  # a collective: every rank, every step
                 if step % t.save_interval == 0 or step == stop_at or stop_requested:
                     self.save(step)
+                paused += time.perf_counter() - pause_start
                 if stop_requested:
                     logger.message(f"step {step}: stop signal received; checkpoint saved, exiting")
                     break
