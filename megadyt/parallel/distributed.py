@@ -93,6 +93,9 @@ class LaunchEnv:
         return cls(0, 1, 0, "127.0.0.1", _free_port(), "single", **slurm)
 
 
+_ENV_SET_HERE: list[str] = []  # launcher variables init_distributed set for a single process
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -127,7 +130,9 @@ def init_distributed(
             "launch a multiple of tp processes"
         )
     if env.launcher == "single":
-        # DeepSpeed reads the torchrun variables even for one process; make them consistent.
+        # DeepSpeed reads the torchrun variables even for one process. Set the missing ones for
+        # this run only: destroy_distributed() removes them again, so they never leak into
+        # child processes started later (which would think they were launched by torchrun).
         for key, value in (
             ("RANK", 0),
             ("WORLD_SIZE", 1),
@@ -135,7 +140,9 @@ def init_distributed(
             ("MASTER_ADDR", env.master_addr),
             ("MASTER_PORT", env.master_port),
         ):
-            os.environ.setdefault(key, str(value))
+            if key not in os.environ:
+                os.environ[key] = str(value)
+                _ENV_SET_HERE.append(key)
     if not dist.is_initialized():
         dist.init_process_group(
             backend=backend,
@@ -162,3 +169,5 @@ def destroy_distributed() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    while _ENV_SET_HERE:
+        os.environ.pop(_ENV_SET_HERE.pop(), None)
