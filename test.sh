@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
-ruff check megadyt tests
+ruff check megadyt tests benchmarks evaluation
 python -m pytest -q "$@"
