@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import os
 
-from megadyt.parallel.distributed import LaunchEnv, destroy_distributed, init_distributed
+from megadyt.parallel.distributed import (
+    LaunchEnv,
+    destroy_distributed,
+    init_distributed,
+    launcher_variables,
+)
 
 LAUNCHER_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def test_single_process_launcher_variables_do_not_leak(monkeypatch):
-    """DeepSpeed needs RANK/LOCAL_RANK/... even for one process; once the run is over they must
-    be gone, or every subprocess started later believes torchrun launched it."""
+    """DeepSpeed needs RANK/LOCAL_RANK/... even for one process; they are provided only while it
+    builds its engine, or every subprocess started later would believe torchrun launched it."""
     for key in LAUNCHER_KEYS:
         monkeypatch.delenv(key, raising=False)
     init_distributed(tp=1)
     try:
-        assert os.environ["LOCAL_RANK"] == "0" and os.environ["WORLD_SIZE"] == "1"
+        assert [k for k in LAUNCHER_KEYS if k in os.environ] == []
+        with launcher_variables():
+            assert os.environ["LOCAL_RANK"] == "0" and os.environ["WORLD_SIZE"] == "1"
+        assert [k for k in LAUNCHER_KEYS if k in os.environ] == []
     finally:
         destroy_distributed()
-    assert [k for k in LAUNCHER_KEYS if k in os.environ] == []
 
 
 def test_torchrun_and_slurm_environments_are_parsed():

@@ -7,6 +7,7 @@ CPU shims for megatron-core are installed only when CUDA is absent.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import random
@@ -93,7 +94,23 @@ class LaunchEnv:
         return cls(0, 1, 0, "127.0.0.1", _free_port(), "single", **slurm)
 
 
-_ENV_SET_HERE: list[str] = []  # launcher variables init_distributed set for a single process
+# torchrun's variables as a single process would have them (filled by init_distributed)
+_SINGLE_PROCESS_VARIABLES: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def launcher_variables():
+    """torchrun's variables in os.environ for the duration of the block, for libraries that read
+    them (DeepSpeed's engine) even in a single process. Only missing ones are set, and they are
+    removed afterwards, so they never leak into child processes started later (which would
+    believe torchrun had launched them)."""
+    added = [k for k in _SINGLE_PROCESS_VARIABLES if k not in os.environ]
+    os.environ.update({k: _SINGLE_PROCESS_VARIABLES[k] for k in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _free_port() -> int:
@@ -130,19 +147,13 @@ def init_distributed(
             "launch a multiple of tp processes"
         )
     if env.launcher == "single":
-        # DeepSpeed reads the torchrun variables even for one process. Set the missing ones for
-        # this run only: destroy_distributed() removes them again, so they never leak into
-        # child processes started later (which would think they were launched by torchrun).
-        for key, value in (
-            ("RANK", 0),
-            ("WORLD_SIZE", 1),
-            ("LOCAL_RANK", 0),
-            ("MASTER_ADDR", env.master_addr),
-            ("MASTER_PORT", env.master_port),
-        ):
-            if key not in os.environ:
-                os.environ[key] = str(value)
-                _ENV_SET_HERE.append(key)
+        _SINGLE_PROCESS_VARIABLES.update(
+            RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_RANK="0",
+            MASTER_ADDR=env.master_addr,
+            MASTER_PORT=str(env.master_port),
+        )
     if not dist.is_initialized():
         dist.init_process_group(
             backend=backend,
@@ -169,5 +180,4 @@ def destroy_distributed() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
-    while _ENV_SET_HERE:
-        os.environ.pop(_ENV_SET_HERE.pop(), None)
+    _SINGLE_PROCESS_VARIABLES.clear()

@@ -11,6 +11,7 @@ import torch
 from megatron.core import parallel_state
 
 from megadyt.config.schema import Config
+from megadyt.parallel.distributed import launcher_variables
 from megadyt.parallel.mpu import MegatronMPU
 from megadyt.training.optim import parameter_groups
 
@@ -74,11 +75,12 @@ def build_engine(cfg: Config, model: torch.nn.Module, norm_names: set[str]):
             weight_decay=t.weight_decay,
             fused=torch.cuda.is_available(),
         )
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        model_parameters=groups if optimizer is None else None,
-        config=deepspeed_config(cfg),
-        mpu=MegatronMPU(),
-    )
+    with launcher_variables():
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            model_parameters=groups if optimizer is None else None,
+            config=deepspeed_config(cfg),
+            mpu=MegatronMPU(),
+        )
     return engine
