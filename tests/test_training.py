@@ -234,11 +234,11 @@ def _nan_guard(rank: int, world_size: int, run_dir: str, zero: int) -> dict:
     trainer = Trainer(cfg, TokenSource(80, 32, 0, zero_mask_at={8, 9}), None)
     trainer.train_step(0)
     before = {n: p.detach().clone() for n, p in trainer.engine.module.named_parameters()}
-    loss, _, applied = trainer.train_step(1)
+    loss, _, applied, _ = trainer.train_step(1)
     unchanged = all(
         torch.equal(before[n], p.detach()) for n, p in trainer.engine.module.named_parameters()
     )
-    loss2, _, applied2 = trainer.train_step(2)
+    loss2, _, applied2, _ = trainer.train_step(2)
     moved = not all(
         torch.equal(before[n], p.detach()) for n, p in trainer.engine.module.named_parameters()
     )
@@ -260,3 +260,19 @@ def test_non_finite_step_is_skipped(tmp_path, zero):
     assert r["loss"] != r["loss"]  # NaN
     assert r["applied"] is False and r["unchanged"]
     assert r["applied2"] is True and r["moved"] and r["finite_after"]
+
+
+def _zero3_as_plain_python(rank: int, world_size: int, run_dir: str) -> int:
+    import os
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(key)  # as `python -m megadyt train`, without torchrun
+    result = _train([f"run.dir={run_dir}", "parallel.zero_stage=3", "train.steps=2"])
+    leaked = [k for k in ("RANK", "LOCAL_RANK", "MASTER_PORT") if k in os.environ]
+    assert not leaked, leaked
+    return result.last_step
+
+
+def test_single_process_zero3_without_a_launcher(tmp_path):
+    # DeepSpeed's ZeRO-3 reads LOCAL_RANK in every forward, not only at engine construction
+    assert run_distributed(_zero3_as_plain_python, world_size=1, run_dir=str(tmp_path)) == [2]

@@ -14,6 +14,8 @@ from typing import Literal
 NormName = Literal["rmsnorm", "dyt", "derf"]
 RecomputeName = Literal["none", "selective", "full"]
 PrecisionName = Literal["auto", "bf16", "fp32"]
+NormImplName = Literal["auto", "reference", "compiled", "triton"]
+SpikeActionName = Literal["off", "log", "skip", "rollback"]
 
 
 @dataclass
@@ -39,6 +41,10 @@ class ModelConfig:
     # Learnable scalar multiplying the token embedding (init sqrt(hidden_size)).
     # "auto": on for dyt/derf, off for rmsnorm, as in the paper.
     embedding_scale: Literal["auto", "on", "off"] = "auto"
+    # How DyT/Derf are computed: "auto" takes the fastest correct path for the device and dtype
+    # (Triton on CUDA, compiled on CPU, else the plain formula). Not part of the model's identity:
+    # checkpoints move freely between implementations.
+    norm_impl: NormImplName = "auto"
 
     @property
     def kv_heads(self) -> int:
@@ -59,7 +65,9 @@ class ParallelConfig:
     offload_optimizer: bool = False  # ZeRO 2/3: keep optimizer states in CPU memory
     recompute: RecomputeName = "none"  # megatron-core activation checkpointing
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl with CUDA, gloo without
-    timeout_minutes: int = 30  # collective timeout before a hung rank fails the job
+    # Collective timeout: a rank that does not reach a collective within it fails the job,
+    # and the message names the rank that did not answer.
+    timeout_minutes: float = 30
 
 
 @dataclass
@@ -90,7 +98,18 @@ class TrainConfig:
     zero_shot_tasks: list[str] = field(default_factory=list)
     zero_shot_interval: int = 1000
     zero_shot_limit: int | None = 100  # documents per task; None: all
-    max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
+    max_bad_steps: int = 5  # consecutive non-finite (or skipped-spike) steps before stopping
+    # Loss-spike guard. A micro-batch whose loss (mean over data-parallel ranks) exceeds the mean
+    # of the last `spike_window` accepted losses by `spike_threshold_std` standard deviations is
+    # a spike. "log" records it; "skip" also drops that micro-batch's gradient; "rollback"
+    # reloads the last checkpoint, moves the data past the batches that led to the spike and
+    # multiplies the LR by `spike_lr_factor` (the PaLM/OLMo remedy); "off" disables the guard.
+    spike_action: SpikeActionName = "log"
+    spike_threshold_std: float = 6.0
+    spike_window: int = 128
+    spike_min_history: int = 20  # accepted losses needed before spikes are judged
+    spike_lr_factor: float = 1.0  # LR multiplier applied at each rollback (e.g. 0.5)
+    max_rollbacks: int = 3  # rollbacks in one run before it stops and asks for a human
     # A failed checkpoint save (disk full, unwritable dir) never moves `latest`; then "stop"
     # ends the run with a clear message, "warn" logs it and keeps training.
     on_save_error: Literal["stop", "warn"] = "stop"

@@ -73,9 +73,29 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         "eval_interval",
         "save_interval",
         "max_bad_steps",
+        "spike_window",
+        "spike_min_history",
     ):
         _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}")
     _require(t.lr > 0, f"train.lr must be positive, got {t.lr}")
+    _require(
+        t.spike_threshold_std > 0,
+        f"train.spike_threshold_std must be positive, got {t.spike_threshold_std}",
+    )
+    _require(
+        0 < t.spike_lr_factor <= 1,
+        f"train.spike_lr_factor must be in (0, 1], got {t.spike_lr_factor}",
+    )
+    _require(t.max_rollbacks >= 0, f"train.max_rollbacks must be >= 0, got {t.max_rollbacks}")
+    _require(
+        t.spike_min_history <= t.spike_window,
+        f"train.spike_min_history ({t.spike_min_history}) must not exceed train.spike_window "
+        f"({t.spike_window})",
+    )
+    _require(
+        p.timeout_minutes > 0,
+        f"parallel.timeout_minutes must be positive, got {p.timeout_minutes}",
+    )
     _require(
         t.zero_shot_interval > 0,
         f"train.zero_shot_interval must be positive, got {t.zero_shot_interval}",

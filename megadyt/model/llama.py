@@ -79,7 +79,7 @@ def norm_spec(model: ModelConfig, role: str) -> ModuleSpec:
         ),
         role,
     )
-    params = {"alpha0": alpha0, "bias": model.norm_bias}
+    params = {"alpha0": alpha0, "bias": model.norm_bias, "impl": model.norm_impl}
     if model.norm == "derf":
         params["shift0"] = model.derf_shift_init
     return ModuleSpec(module=cls, params=params)

@@ -21,7 +21,7 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from megadyt.errors import MegadytError
-from megadyt.parallel import cpu_shims
+from megadyt.parallel import cpu_shims, watchdog
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def device() -> torch.device:
 def init_distributed(
     tp: int = 1,
     backend: str = "auto",
-    timeout_minutes: int = 30,
+    timeout_minutes: float = 30,
     env: LaunchEnv | None = None,
 ) -> LaunchEnv:
     """Initialise torch.distributed and megatron-core's parallel_state (TP × DP)."""
@@ -154,16 +154,20 @@ def init_distributed(
             MASTER_ADDR=env.master_addr,
             MASTER_PORT=str(env.master_port),
         )
+    timeout = datetime.timedelta(minutes=timeout_minutes)
     if not dist.is_initialized():
         dist.init_process_group(
             backend=backend,
             init_method=f"tcp://{env.master_addr}:{env.master_port}",
             rank=env.rank,
             world_size=env.world_size,
-            timeout=datetime.timedelta(minutes=timeout_minutes),
+            timeout=timeout,
         )
+        watchdog.create_health_group(timeout)
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tp, distributed_timeout_minutes=timeout_minutes
+        )
     return env
 
 
@@ -180,4 +184,5 @@ def destroy_distributed() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    watchdog.forget_health_group()
     _SINGLE_PROCESS_VARIABLES.clear()

@@ -225,11 +225,16 @@ def choose_checkpoint(ckpt_dir: Path, fallback: bool) -> tuple[str | None, str |
     return None, f"{first_error}; no earlier complete checkpoint verifies either", None
 
 
+# How a model is computed, not what it is: free to change between save and resume.
+EXECUTION_ONLY_MODEL_KEYS = frozenset({"norm_impl"})
+
+
 def _check_same_model(ckpt_dir: Path, tag: str, saved: dict | None, model: dict | None) -> None:
     """A checkpoint of another model (e.g. DyT loaded into an RMSNorm config) is refused."""
     if not saved or not model:
         return
-    differ = [k for k in sorted(set(saved) | set(model)) if saved.get(k) != model.get(k)]
+    keys = sorted((set(saved) | set(model)) - EXECUTION_ONLY_MODEL_KEYS)
+    differ = [k for k in keys if saved.get(k) != model.get(k)]
     if differ:
         details = ", ".join(
             f"model.{k}={saved.get(k)!r} there vs {model.get(k)!r} here" for k in differ[:3]

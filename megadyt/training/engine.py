@@ -14,6 +14,7 @@ from megadyt.config.schema import Config
 from megadyt.parallel.distributed import launcher_variables
 from megadyt.parallel.mpu import MegatronMPU
 from megadyt.training.optim import parameter_groups
+from megadyt.training.safe_load import make_checkpoint_loads_safe
 
 
 def use_bf16(cfg: Config) -> bool:
@@ -83,4 +84,5 @@ def build_engine(cfg: Config, model: torch.nn.Module, norm_names: set[str]):
             config=deepspeed_config(cfg),
             mpu=MegatronMPU(),
         )
+    make_checkpoint_loads_safe(engine)
     return engine

@@ -76,6 +76,19 @@ class MetricsLogger:
         self._jsonl.flush()
         self._writer.flush()
 
+    def event(self, step: int, name: str, scalars: dict[str, float], detail: str) -> None:
+        """A reliability event (spike, rollback, skipped step): TensorBoard scalars, one JSON
+        line `{"step", "event", ..., "detail"}` and a console line."""
+        if not self.enabled:
+            return
+        for key, value in scalars.items():
+            self._writer.add_scalar(key, value, step)
+        record = {"step": step, "event": name, **scalars, "detail": detail}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        self._writer.flush()
+        print(f"step {step}: {detail}", flush=True)
+
     def progress(self, step: int, loss: float, tokens_per_s: float, steps_done_here: int) -> None:
         if not self.enabled:
             return

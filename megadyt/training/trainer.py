@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -25,13 +26,20 @@ from megatron.core import parallel_state
 from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
 from megadyt.model import build_model, norm_parameter_names
-from megadyt.parallel.distributed import device, init_distributed, seed_everything
+from megadyt.parallel.distributed import (
+    device,
+    init_distributed,
+    launcher_variables,
+    seed_everything,
+)
 from megadyt.parallel.mpu import MegatronMPU
+from megadyt.parallel.watchdog import diagnose_collective_failure, is_collective_failure
 from megadyt.training import checkpoint
 from megadyt.training.engine import build_engine, gradient_accumulation_steps, use_bf16
 from megadyt.training.export import save_tp_shard
 from megadyt.training.metrics import MetricsLogger, flops_per_token, memory_gb, peak_tflops
 from megadyt.training.optim import lr_at
+from megadyt.training.spikes import Spike, SpikeDetector
 
 
 @dataclass
@@ -40,6 +48,14 @@ class TrainResult:
     last_step: int
     losses: dict[int, float]  # step -> training loss (global batch mean)
     skipped_steps: int
+    rollbacks: int = 0
+
+
+class StepOutcome(NamedTuple):
+    loss: float  # mean over micro-batches and data-parallel ranks (spikes included)
+    grad_norm: float
+    applied: bool  # False: non-finite, or every micro-batch dropped as a spike
+    spikes: list[Spike]
 
 
 def _check_same_config_on_all_ranks(cfg: Config) -> None:
@@ -78,10 +94,14 @@ def loss_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (per_token * mask).sum() / mask.sum()
 
 
-def _all_finite(value: torch.Tensor) -> bool:
-    flag = torch.tensor([1.0 if torch.isfinite(value).all() else 0.0], device=device())
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+def _judge_loss(loss: torch.Tensor) -> tuple[float, bool]:
+    """(mean of this micro-batch's loss over DP ranks, finite on every rank): one all-reduce.
+    Summing over the world counts each DP rank's loss once per TP rank, hence the count."""
+    finite = bool(torch.isfinite(loss).all())
+    value = float(loss) if finite else 0.0
+    t = torch.tensor([value, 1.0, 0.0 if finite else 1.0], dtype=torch.float64, device=device())
+    dist.all_reduce(t)
+    return (t[0] / t[1]).item(), t[2].item() == 0.0
 
 
 def _mean_over_dp(values: list[float]) -> float:
@@ -139,24 +159,42 @@ class Trainer:
         self.peak_tflops = peak_tflops(cfg)
         self.skipped = 0
         self.consecutive_bad = 0
+        t = cfg.train
+        self.spikes = SpikeDetector(t.spike_window, t.spike_threshold_std, t.spike_min_history)
+        # Set by rollbacks, saved in every checkpoint: step k trains on global batch
+        # k + data_offset, at lr_at(k) * lr_scale.
+        self.data_offset = 0
+        self.lr_scale = 1.0
+        self.rollbacks = 0
 
     # -- one optimizer step ------------------------------------------------------------------
     def _set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
 
-    def train_step(self, step: int) -> tuple[float, float, bool]:
-        """Run optimizer step `step` (0-based); returns (loss, grad norm, applied)."""
+    def train_step(self, step: int) -> StepOutcome:
+        """Run optimizer step `step` (0-based) on global batch `step + data_offset`."""
         self.engine.train()
-        self._set_lr(lr_at(step, self.cfg.train))
+        lr = lr_at(step, self.cfg.train) * self.lr_scale
+        self._set_lr(lr)
         skipped_before = self.engine.skipped_steps
         own_clip = self.cfg.parallel.zero_stage == 0 and not use_bf16(self.cfg)
-        losses, finite, grad_norm = [], True, None
+        drop_spikes = self.cfg.train.spike_action in ("skip", "rollback")
+        judge = self.cfg.train.spike_action != "off"
+        losses, spikes, finite, grad_norm = [], [], True, None
         for micro in range(self.gas):
-            batch = collate(self.train_data, micro_batch_indices(step, micro, self.cfg))
-            loss = loss_of(self.engine, batch)
-            finite = _all_finite(loss.detach()) and finite
-            self.engine.backward(loss)
+            indices = micro_batch_indices(step + self.data_offset, micro, self.cfg)
+            loss = loss_of(self.engine, collate(self.train_data, indices))
+            dp_loss, micro_finite = _judge_loss(loss.detach())
+            finite = finite and micro_finite
+            spike = self.spikes.check(dp_loss) if judge and micro_finite else None
+            if spike is not None:
+                spikes.append(spike)
+            else:
+                self.spikes.accept(dp_loss)
+            dropped = spike is not None and drop_spikes
+            # a dropped micro-batch contributes a zero gradient; the others train as usual
+            self.engine.backward(loss * 0.0 if dropped else loss)
             if own_clip and micro == self.gas - 1:
                 grad_norm = float(
                     clip_grad_norm_(
@@ -168,7 +206,8 @@ class Trainer:
                     for p in self.engine.module.parameters():
                         if p.grad is not None:
                             p.grad.zero_()
-            if not finite:
+            all_dropped = drop_spikes and len(spikes) == self.gas
+            if not finite or all_dropped:
                 # Never apply this step: with lr 0 AdamW leaves the weights as they are; ZeRO 1-3
                 # also skip the update themselves when the grad norm is not finite.
                 self._set_lr(0.0)
@@ -177,9 +216,68 @@ class Trainer:
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
             grad_norm = float("nan") if grad_norm is None else float(grad_norm)
+        all_dropped = drop_spikes and len(spikes) == self.gas
         applied = finite and self.engine.skipped_steps == skipped_before
-        applied = applied and math.isfinite(grad_norm)
-        return _mean_over_dp(losses), grad_norm, applied
+        applied = applied and math.isfinite(grad_norm) and not all_dropped
+        return StepOutcome(_mean_over_dp(losses), grad_norm, applied, spikes)
+
+    def client_state(self, step: int) -> dict:
+        """What a checkpoint needs besides weights and optimizer to continue exactly."""
+        return {
+            "step": step,
+            "data_offset": self.data_offset,
+            "lr_scale": self.lr_scale,
+            "rollbacks": self.rollbacks,
+            "spike_history": self.spikes.state_dict(),
+        }
+
+    def restore(self, client: dict) -> int:
+        self.data_offset = int(client.get("data_offset", 0))
+        self.lr_scale = float(client.get("lr_scale", 1.0))
+        self.rollbacks = int(client.get("rollbacks", 0))
+        self.spikes.load_state_dict(client.get("spike_history", []))
+        return int(client["step"])
+
+    def rollback(self, spike_step: int, logger: MetricsLogger) -> int | None:
+        """Reload the last checkpoint after a spike in step `spike_step` (0-based); data resumes
+        at the batch after the offending one and the LR is scaled. Returns the step to continue
+        from, or None when there is no checkpoint to return to (the batch was dropped anyway)."""
+        t = self.cfg.train
+        if self.rollbacks >= t.max_rollbacks:
+            raise MegadytError(
+                f"loss spike in step {spike_step + 1} after {self.rollbacks} rollbacks "
+                f"(train.max_rollbacks={t.max_rollbacks}); inspect the data near global batch "
+                f"{spike_step + self.data_offset}, lower train.lr, or raise train.max_rollbacks, "
+                f"then rerun to resume from {self.ckpt_dir}"
+            )
+        next_batch = spike_step + self.data_offset + 1
+        keep = (self.spikes.state_dict(), self.lr_scale * t.spike_lr_factor, self.rollbacks + 1)
+        client = checkpoint.load_checkpoint(
+            self.engine, self.ckpt_dir, t.resume_fallback, model=self.cfg.to_dict()["model"]
+        )
+        if client is None:
+            logger.message(
+                f"step {spike_step + 1}: no checkpoint to roll back to; the spiking batch was "
+                "dropped and training goes on"
+            )
+            return None
+        restored = int(client["step"])
+        history, self.lr_scale, self.rollbacks = keep
+        self.spikes.load_state_dict(history)
+        self.data_offset = next_batch - restored
+        logger.event(
+            restored,
+            "rollback",
+            {
+                "spike/rollback_to_step": float(restored),
+                "spike/data_offset": float(self.data_offset),
+                "spike/lr_scale": self.lr_scale,
+            },
+            f"rolled back to step {restored} after a loss spike in step {spike_step + 1}; "
+            f"data resumes at global batch {next_batch}, LR scale {self.lr_scale:g} "
+            f"(rollback {self.rollbacks} of at most {t.max_rollbacks})",
+        )
+        return restored
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -226,7 +324,7 @@ class Trainer:
                 self.engine,
                 self.ckpt_dir,
                 step,
-                {"step": step},
+                self.client_state(step),
                 before_publish=write_weights,
                 model=self.cfg.to_dict()["model"],
             )
@@ -240,11 +338,20 @@ class Trainer:
                 )
 
     def run(self) -> TrainResult:
+        """Train to the configured end; a hung or dead peer becomes a one-line error naming it."""
+        try:
+            return self._run()
+        except RuntimeError as exc:
+            if is_collective_failure(exc):
+                raise diagnose_collective_failure(exc) from exc
+            raise
+
+    def _run(self) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
         client = checkpoint.load_checkpoint(
             self.engine, self.ckpt_dir, t.resume_fallback, model=cfg.to_dict()["model"]
         )
-        first = int(client["step"]) if client else 0
+        first = self.restore(client) if client else 0
         logger = MetricsLogger(self.run_dir, self.rank0, t.steps, cfg.run.name or self.run_dir.name)
         if client:
             logger.message(f"resumed from {self.ckpt_dir / checkpoint.tag_for(first)}")
@@ -258,30 +365,56 @@ class Trainer:
         stop.install()
         try:
             while step < stop_at:
-                loss, grad_norm, applied = self.train_step(step)
-                step += 1
+                loss, grad_norm, applied, spikes = self.train_step(step)
                 window_steps += 1
+                for spike in spikes:
+                    z = spike.z if math.isfinite(spike.z) else 1e9
+                    logger.event(
+                        step + 1,
+                        "spike",
+                        {"spike/loss": spike.loss, "spike/z": z, "spike/running_mean": spike.mean},
+                        f"loss spike: {spike.describe()}; action: {t.spike_action}",
+                    )
+                if spikes and t.spike_action == "rollback":
+                    pause_start = time.perf_counter()
+                    restored = self.rollback(step, logger)
+                    paused += time.perf_counter() - pause_start
+                    if restored is not None:
+                        step = restored
+                        continue
+                step += 1
                 losses[step] = loss
                 if not applied:
                     self.skipped += 1
                     self.consecutive_bad += 1
-                    logger.log(step, {"train/skipped_step": 1.0, "train/bad_loss": loss})
-                    logger.message(f"step {step}: non-finite loss or grad norm; step skipped")
+                    dropped = spikes and math.isfinite(loss)
+                    reason = (
+                        "every micro-batch was dropped as a loss spike"
+                        if dropped
+                        else "non-finite loss or grad norm"
+                    )
+                    logger.event(
+                        step,
+                        "skipped_step",
+                        {"train/skipped_step": 1.0, "train/bad_loss": loss},
+                        f"{reason}; step skipped",
+                    )
                     if self.consecutive_bad >= t.max_bad_steps:
                         raise MegadytError(
-                            f"{self.consecutive_bad} consecutive non-finite steps (up to step "
-                            f"{step}); stopping. The last good checkpoint in {self.ckpt_dir} is "
-                            "intact: lower train.lr or check the data, then rerun to resume"
+                            f"{self.consecutive_bad} consecutive skipped steps (up to step "
+                            f"{step}: {reason}); stopping. The last good checkpoint in "
+                            f"{self.ckpt_dir} is intact: lower train.lr or check the data, then "
+                            "rerun to resume"
                         )
-                    continue
-                self.consecutive_bad = 0
-                if step % t.log_interval == 0 or step == stop_at:
+                else:
+                    self.consecutive_bad = 0
+                if applied and (step % t.log_interval == 0 or step == stop_at):
                     elapsed = time.perf_counter() - window_start - paused  # training time only
                     tps = tokens_per_step * window_steps / elapsed
                     tflops = tps * self.flops_per_token / 1e12 / world
                     scalars = {
                         "train/loss": loss,
-                        "train/lr": lr_at(step - 1, t),
+                        "train/lr": lr_at(step - 1, t) * self.lr_scale,
                         "train/grad_norm": grad_norm,
                         "train/tokens": step * tokens_per_step,
                         "train/tokens_per_s": tps,
@@ -323,7 +456,7 @@ class Trainer:
         finally:
             stop.uninstall()
             logger.close()
-        return TrainResult(first, step, losses, self.skipped)
+        return TrainResult(first, step, losses, self.skipped, self.rollbacks)
 
 
 def save_run_config(cfg: Config) -> None:
@@ -347,4 +480,5 @@ def train(cfg: Config, datasets=None) -> TrainResult:
         from megadyt.training.data import build_train_valid
 
         datasets = build_train_valid(cfg)
-    return Trainer(cfg, *datasets).run()
+    with launcher_variables():  # DeepSpeed's ZeRO-3 reads LOCAL_RANK during every forward
+        return Trainer(cfg, *datasets).run()
