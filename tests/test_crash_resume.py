@@ -133,3 +133,45 @@ def test_sigusr1_saves_and_exits_cleanly(tmp_path, straight):
     resumed = _losses(tmp_path)
     for step in range(stopped_at + 1, 13):
         assert resumed[step] == straight[step], step
+
+
+def _torchrun(cmd: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *cmd[1:]]
+
+
+def _workers(launcher_pid: int) -> list[int]:
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
+    """Two ranks under torchrun; rank 1 is SIGKILLed as soon as a new checkpoint directory
+    appears (i.e. while that save is in progress, when the timing allows). Whatever the
+    moment, `latest` must verify, and the rerun must continue with the uninterrupted losses."""
+    from megadyt.training import checkpoint
+
+    straight_dir, crash_dir = tmp_path / "straight", tmp_path / "crash"
+    run = {"cwd": ROOT, "env": _env(), "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.run(_torchrun(_command(straight_dir, 8, 2)), check=True, **run)
+    straight = _losses(straight_dir)
+
+    cmd = _torchrun(_command(crash_dir, 8, 2))
+    proc = subprocess.Popen(cmd, **run)
+    ckpts = crash_dir / "checkpoints"
+    # wait for the first complete checkpoint, then for the directory of the next one
+    _wait_for((ckpts / "latest").is_file, proc)
+    _wait_for(lambda: (ckpts / checkpoint.tag_for(4)).is_dir(), proc)
+    workers = _workers(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(max(workers), signal.SIGKILL)  # one rank only; torchrun then ends the other
+    proc.wait(timeout=240)
+    assert proc.returncode != 0
+    tag = (ckpts / "latest").read_text().strip()
+    checkpoint.verify_checkpoint(ckpts, tag)  # raises if what `latest` names is incomplete
+
+    subprocess.run(cmd, check=True, **run)
+    resumed = _losses(crash_dir)
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(int(tag[5:]) + 1, 9):
+        assert resumed[step] == straight[step], (step, resumed[step], straight[step])
