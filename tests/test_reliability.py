@@ -257,3 +257,22 @@ def test_checkpoint_with_a_code_payload_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
     assert message.startswith("MegadytError") and states.name in message
     assert "does not load" in message
+
+
+def _mismatched(rank: int, world_size: int, run_dir: str) -> str:
+    from megadyt.training.trainer import train
+
+    lr = "3e-3" if rank == 0 else "1e-3"  # a rank launched with another --set
+    try:
+        train(_config([f"run.dir={run_dir}", f"train.lr={lr}"]), (SpikySource(200, set()), None))
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+    return "finished"
+
+
+@pytest.mark.multiprocess
+def test_ranks_with_different_configs_stop_at_start_up(tmp_path):
+    messages = run_distributed(_mismatched, world_size=2, run_dir=str(tmp_path))
+    for message in messages:
+        assert message.startswith("MegadytError: rank 1 has a different config"), message
+    assert not (tmp_path / "checkpoints").exists()
