@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -72,6 +71,7 @@ def latest_eval_json(run_dir: str | Path) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from megadyt.evaluation.harness import evaluate, expand_tasks
     from megadyt.evaluation.lm import MegadytLM
+    from megadyt.evaluation.offline import using_cache_dir
     from megadyt.parallel.distributed import destroy_distributed
     from megadyt.training.export import resolve_tag_dir
 
@@ -89,14 +89,14 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
         )
         # The offline tasks build their data under the run's data.cache_dir.
-        os.environ.setdefault("MEGADYT_CACHE_DIR", lm.cfg.data.cache_dir)
-        report, _ = evaluate(
-            lm,
-            names,
-            include_paths=args.include_path,
-            limit=args.limit,
-            num_fewshot=args.num_fewshot,
-        )
+        with using_cache_dir(lm.cfg.data.cache_dir):
+            report, _ = evaluate(
+                lm,
+                names,
+                include_paths=args.include_path,
+                limit=args.limit,
+                num_fewshot=args.num_fewshot,
+            )
     finally:
         destroy_distributed()
     payload = {

@@ -3,10 +3,10 @@
 The task YAMLs under `evaluation/tasks/` (repository root) load their documents through
 `load_task_data`, which writes them on first use to
 `CACHE_DIR/eval/<task>-<VERSION>.jsonl` and reuses them afterwards. CACHE_DIR is
-`$MEGADYT_CACHE_DIR`, else `data_cache` (the configs' `data.cache_dir` default); `megadyt eval`
-sets it to the checkpoint's `data.cache_dir`. The examples are a fixed, seeded sample of the
-held-out modules (never in the training prefix), so they depend only on the Python version
-whose standard library the corpus comes from.
+the directory given to `using_cache_dir` (`megadyt eval` and periodic evaluation pass the run's
+`data.cache_dir`), else `$MEGADYT_CACHE_DIR`, else `data_cache` (the configs' default).
+The examples are a fixed, seeded sample of the held-out modules (never in the training
+prefix), so they depend only on the Python version whose standard library the corpus comes from.
 
 Tasks:
     stdlib_nextline      multiple choice: after up to 8 lines of held-out code or docstring
@@ -20,10 +20,12 @@ Tasks:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 from megadyt.data.atomic import atomic_output, file_lock
@@ -37,7 +39,23 @@ CONTEXT_LINES = 8
 OFFLINE_TASKS = ["stdlib_nextline", "stdlib_nextline_gen", "stdlib_heldout_ppl"]
 
 
+_CACHE_OVERRIDE: list[str] = []
+
+
+@contextlib.contextmanager
+def using_cache_dir(path: str) -> Iterator[None]:
+    """Build/read offline task data under `path` inside the block (no process-wide env var,
+    which would leak into later runs and child processes)."""
+    _CACHE_OVERRIDE.append(path)
+    try:
+        yield
+    finally:
+        _CACHE_OVERRIDE.pop()
+
+
 def cache_dir() -> str:
+    if _CACHE_OVERRIDE:
+        return _CACHE_OVERRIDE[-1]
     return os.environ.get("MEGADYT_CACHE_DIR") or "data_cache"
 
 

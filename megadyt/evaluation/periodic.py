@@ -25,11 +25,13 @@ def evaluate_model(
     """
     from megadyt.evaluation.harness import evaluate
     from megadyt.evaluation.lm import MegadytLM
+    from megadyt.evaluation.offline import using_cache_dir
 
     was_training = model.training
     try:
         lm = MegadytLM(model=model, cfg=cfg, batch_size=batch_size)
-        report, _ = evaluate(lm, tasks, limit=limit)
+        with using_cache_dir(cfg.data.cache_dir):
+            report, _ = evaluate(lm, tasks, limit=limit)
     finally:
         model.train(was_training)
     return report.scalars()
