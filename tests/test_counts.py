@@ -167,3 +167,15 @@ def test_analytic_count_matches_real_build(distributed, path, overrides):
     assert params["output_layer.weight"].numel() == counts.output
     has_scale = any(n.endswith("embedding_scale") for n in params)
     assert has_scale == cfg.model.has_embedding_scale
+
+
+@pytest.mark.parametrize("norm", ["dyt", "derf"])
+@pytest.mark.parametrize("impl", ["auto", "reference", "compiled"])
+def test_norm_impl_reaches_every_norm_module(distributed, norm, impl):
+    from megadyt.norms import NORM_CLASSES
+
+    cfg = load_config(CONFIGS / "tiny" / f"{norm}.yaml", [f"model.norm_impl={impl}"])
+    model = build_model(cfg)
+    norms = [m for m in model.modules() if isinstance(m, NORM_CLASSES[norm])]
+    assert len(norms) == 2 * cfg.model.num_layers + 1
+    assert {m.impl for m in norms} == {impl}

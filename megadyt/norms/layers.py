@@ -2,7 +2,8 @@
 
 Each class has the constructor megatron-core's TransformerLayer/TransformerBlock use for norms,
 `(config, hidden_size, eps=..., **kwargs)`, so it plugs into a ModuleSpec. Extra arguments
-(`alpha0`, `shift0`, `bias`) come through `ModuleSpec(params=...)`.
+(`alpha0`, `shift0`, `bias`, `impl`) come through `ModuleSpec(params=...)`; `impl` picks the
+DyT/Derf implementation ("auto", "reference", "compiled", "triton"; see megadyt.norms.dispatch).
 
 Sequence parallelism: every TP rank holds the same γ/β/α/s but sees a different slice of the
 sequence, so each rank's gradient is partial. The parameters are routed through megatron-core's
@@ -19,6 +20,7 @@ import torch
 from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megadyt.norms.dispatch import validate_impl
 from megadyt.norms.functional import derf, dyt, rms_norm
 
 
@@ -44,11 +46,13 @@ class _ElementwiseNorm(torch.nn.Module):
         hidden_size: int,
         alpha0: float,
         bias: bool,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         dtype = config.params_dtype
         self.hidden_size = hidden_size
         self.alpha0 = alpha0
+        self.impl = validate_impl(impl)
         self.sequence_parallel = bool(config.sequence_parallel)
         self.alpha = torch.nn.Parameter(torch.full((1,), float(alpha0), dtype=dtype))
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=dtype))
@@ -57,6 +61,12 @@ class _ElementwiseNorm(torch.nn.Module):
     def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         sp = self.sequence_parallel
         return tp_summed(self.alpha, sp), tp_summed(self.weight, sp), tp_summed(self.bias, sp)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.hidden_size}, alpha0={self.alpha0}, bias={self.bias is not None}, "
+            f"impl={self.impl!r}"
+        )
 
 
 class DyT(_ElementwiseNorm):
@@ -69,17 +79,15 @@ class DyT(_ElementwiseNorm):
         eps: float = 1e-5,
         alpha0: float = 0.5,
         bias: bool = False,
+        impl: str = "auto",
         **kwargs,
     ) -> None:
-        super().__init__(config, hidden_size, alpha0, bias)
+        super().__init__(config, hidden_size, alpha0, bias, impl)
         mark_sequence_parallel(self, self.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha, weight, bias = self._params()
-        return dyt(x, alpha, weight, bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.hidden_size}, alpha0={self.alpha0}, bias={self.bias is not None}"
+        return dyt(x, alpha, weight, bias, impl=self.impl)
 
 
 class Derf(_ElementwiseNorm):
@@ -93,19 +101,17 @@ class Derf(_ElementwiseNorm):
         alpha0: float = 0.5,
         shift0: float = 0.0,
         bias: bool = False,
+        impl: str = "auto",
         **kwargs,
     ) -> None:
-        super().__init__(config, hidden_size, alpha0, bias)
+        super().__init__(config, hidden_size, alpha0, bias, impl)
         self.shift = torch.nn.Parameter(torch.full((1,), float(shift0), dtype=config.params_dtype))
         mark_sequence_parallel(self, self.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha, weight, bias = self._params()
         shift = tp_summed(self.shift, self.sequence_parallel)
-        return derf(x, alpha, shift, weight, bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.hidden_size}, alpha0={self.alpha0}, bias={self.bias is not None}"
+        return derf(x, alpha, shift, weight, bias, impl=self.impl)
 
 
 class RMSNorm(torch.nn.Module):

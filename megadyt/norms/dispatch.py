@@ -1,0 +1,159 @@
+"""Choosing and running the DyT/Derf implementation: reference formula, compiled CPU, or Triton.
+
+Why a dispatcher: the fastest correct path depends on the tensor (device, dtype, size) and on
+what is installed. "auto" picks Triton for CUDA tensors when triton imports, torch.compile'd
+kernels for large CPU tensors when compiling works, and the plain reference formula otherwise
+(also inside an outer torch.compile trace, where inductor fuses the formula itself). The fused
+paths share one autograd.Function: it saves only x (f(αx+s) is recomputed in backward), is
+deterministic, so megatron's activation recompute reproduces the forward exactly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+from megadyt.norms import fused_cpu
+
+IMPLS = ("auto", "reference", "compiled", "triton")
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# Below this many elements "auto" keeps the eager formula on CPU: a compiled call costs ~0.1 ms of
+# guard/wrapper overhead and a first-use compile of seconds. Measured break-even on 2 cores was
+# ~2^18 (512x513 fwd+bwd: 2.35 ms compiled vs 2.16 ms eager; 1024x512: 5.7 vs 10.4 ms); tiny
+# activations (the 1024x128 of configs/tiny) keep the formula.
+CPU_AUTO_MIN_NUMEL = 1 << 19
+
+_triton_module: ModuleType | None = None
+_triton_error: str | None = None
+
+
+def triton_backend() -> ModuleType | None:
+    """megadyt.norms.fused_triton if triton imports, else None (the reason in triton_error())."""
+    global _triton_module, _triton_error
+    if _triton_module is None and _triton_error is None:
+        try:
+            _triton_module = importlib.import_module("megadyt.norms.fused_triton")
+        except ImportError as err:  # triton missing or broken: the package still works
+            _triton_error = f"{type(err).__name__}: {err}"
+    return _triton_module
+
+
+def triton_error() -> str | None:
+    """Why triton is unavailable (after a triton_backend() call), else None."""
+    return _triton_error
+
+
+def validate_impl(impl: str) -> str:
+    """`impl` if it is a known implementation name, else ValueError listing the valid ones."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown DyT/Derf impl {impl!r}; valid values: {', '.join(IMPLS)}")
+    return impl
+
+
+def _fusable(x: torch.Tensor, alpha, shift, weight, bias) -> bool:
+    """Shapes and dtypes the fused kernels handle; anything else takes the reference formula."""
+    n = x.shape[-1] if x.dim() else 0
+    return (
+        x.dtype in FUSED_DTYPES
+        and x.numel() > 0
+        and alpha.numel() == 1
+        and (shift is None or shift.numel() == 1)
+        and weight.shape == (n,)
+        and (bias is None or bias.shape == (n,))
+        and all(t is None or t.device == x.device for t in (alpha, shift, weight, bias))
+    )
+
+
+def resolve_impl(
+    impl: str,
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    shift: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> str:
+    """The implementation that will run: "reference", "compiled" or "triton"."""
+    validate_impl(impl)
+    if impl == "reference" or (
+        impl == "auto" and x.device.type == "cpu" and x.numel() < CPU_AUTO_MIN_NUMEL
+    ):
+        return "reference"  # the common small-CPU case first: ~1 µs instead of ~5
+    if impl == "triton":
+        backend = triton_backend()
+        if backend is None:
+            raise RuntimeError(
+                "impl='triton' needs the triton package (pip install 'megadyt[triton]'); "
+                f"importing it failed: {_triton_error}"
+            )
+        if x.device.type != "cuda" and not backend.INTERPRETED:
+            raise RuntimeError(
+                f"impl='triton' runs on CUDA tensors (got {x.device.type}); on CPU use "
+                "impl='compiled', or set TRITON_INTERPRET=1 before importing triton"
+            )
+    if not _fusable(x, alpha, shift, weight, bias):
+        return "reference"
+    if impl == "auto":
+        if torch.compiler.is_compiling():
+            return "reference"
+        if x.device.type == "cuda":
+            return "triton" if triton_backend() is not None else "reference"
+        if x.device.type == "cpu" and fused_cpu.available():
+            return "compiled"
+        return "reference"
+    if impl == "compiled" and not fused_cpu.available():
+        return "reference"  # compiling failed earlier in this process (warned then)
+    return impl
+
+
+class _FusedElementwiseNorm(torch.autograd.Function):
+    """y = γ·f(αx+s)+β through a backend module's forward/backward (see fused_cpu)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, shift, weight, bias, kind, backend):
+        x2d = x.reshape(-1, x.shape[-1]).contiguous()
+        y = backend.forward(kind, x2d, alpha, shift, weight, bias)
+        ctx.save_for_backward(x2d, alpha, shift, weight, bias)
+        ctx.kind, ctx.backend, ctx.x_shape = kind, backend, x.shape
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2d, alpha, shift, weight, bias = ctx.saved_tensors
+        dy2d = dy.reshape(x2d.shape).contiguous()
+        dx, da, ds, dw, db = ctx.backend.backward(ctx.kind, dy2d, x2d, alpha, shift, weight)
+        need = ctx.needs_input_grad
+        return (
+            dx.view(ctx.x_shape) if need[0] else None,
+            da.to(alpha.dtype) if need[1] else None,
+            ds.to(shift.dtype) if need[2] else None,
+            dw.to(weight.dtype) if need[3] else None,
+            db.to(bias.dtype) if need[4] else None,
+            None,
+            None,
+        )
+
+
+def _backend(impl: str) -> ModuleType:
+    return fused_cpu if impl == "compiled" else triton_backend()
+
+
+def run_fused(
+    impl: str,
+    kind: str,
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    shift: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Run a resolved fused impl ("compiled" or "triton"); autograd only when a grad is needed."""
+    backend = _backend(impl)
+    inputs = (x, alpha, shift, weight, bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return _FusedElementwiseNorm.apply(x, alpha, shift, weight, bias, kind, backend)
+    with torch.no_grad():  # as inside the Function (and one grad mode means one compiled graph)
+        x2d = x.reshape(-1, x.shape[-1]).contiguous()
+        return backend.forward(kind, x2d, alpha, shift, weight, bias).view(x.shape)

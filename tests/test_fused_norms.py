@@ -1,0 +1,337 @@
+"""The fused DyT/Derf paths (compiled CPU, Triton) against the reference formula, and selection.
+
+Each case compares the output and all gradients (dx, dα, ds, dγ, dβ) with `dyt_reference` /
+`derf_reference` for the same upstream gradient. The Triton kernels are checked on CPU through
+Triton's interpreter in a subprocess (TRITON_INTERPRET must be set before triton is imported):
+`python tests/test_fused_norms.py` runs those cases and exits non-zero on any mismatch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from megadyt.norms import dispatch, fused_cpu
+from megadyt.norms.functional import derf, derf_reference, dyt, dyt_reference
+
+TOL = {
+    torch.float32: dict(out=(2e-5, 2e-5), grad=(1e-4, 1e-4)),
+    torch.bfloat16: dict(out=(1.6e-2, 1e-2), grad=(2e-2, 2e-2)),
+    torch.float16: dict(out=(2e-3, 2e-3), grad=(4e-3, 4e-3)),
+}
+NAMES = ("x", "alpha", "shift", "weight", "bias")
+
+
+def make_inputs(kind, shape, dtype, with_bias, seed=0):
+    """x with a spread that reaches tanh/erf saturation, and non-trivial parameters."""
+    g = torch.Generator().manual_seed(seed)
+    n = shape[-1]
+    t = {
+        "x": torch.randn(*shape, generator=g) * 2.0,
+        "alpha": torch.tensor([0.73]),
+        "shift": torch.tensor([0.21]) if kind == "derf" else None,
+        "weight": torch.randn(n, generator=g) * 0.5 + 1.0,
+        "bias": torch.randn(n, generator=g) * 0.1 if with_bias else None,
+    }
+    upstream = torch.randn(*shape, generator=g).to(dtype)
+    return {k: None if v is None else v.to(dtype) for k, v in t.items()}, upstream
+
+
+def call(kind, impl, t):
+    if kind == "dyt":
+        return dyt(t["x"], t["alpha"], t["weight"], t["bias"], impl=impl)
+    return derf(t["x"], t["alpha"], t["shift"], t["weight"], t["bias"], impl=impl)
+
+
+def call_reference(kind, t):
+    if kind == "dyt":
+        return dyt_reference(t["x"], t["alpha"], t["weight"], t["bias"])
+    return derf_reference(t["x"], t["alpha"], t["shift"], t["weight"], t["bias"])
+
+
+def run(kind, impl, inputs, upstream, requires=NAMES):
+    """Output and {name: grad} (None where no grad was asked for) for one implementation."""
+    t = {
+        k: None if v is None else v.detach().clone().requires_grad_(k in requires)
+        for k, v in inputs.items()
+    }
+    y = call_reference(kind, t) if impl == "reference" else call(kind, impl, t)
+    if y.requires_grad:
+        y.backward(upstream)
+    return y, {k: None if v is None else v.grad for k, v in t.items()}
+
+
+def check_against_reference(kind, impl, shape, dtype, with_bias, requires=NAMES):
+    """Assert that `impl` matches the reference in value, dtype and every gradient."""
+    inputs, upstream = make_inputs(kind, shape, dtype, with_bias)
+    y, grads = run(kind, impl, inputs, upstream, requires)
+    y_ref, grads_ref = run(kind, "reference", inputs, upstream, requires)
+    (o_rtol, o_atol), (g_rtol, g_atol) = TOL[dtype]["out"], TOL[dtype]["grad"]
+    assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, rtol=o_rtol, atol=o_atol)
+    for name in NAMES:
+        got, want = grads[name], grads_ref[name]
+        assert (got is None) == (want is None), f"{name}: grad presence differs"
+        if want is not None:
+            assert got.dtype == want.dtype, f"{name}: grad dtype {got.dtype} != {want.dtype}"
+            rtol, atol = (o_rtol, o_atol) if name == "x" else (g_rtol, g_atol)
+            scale = max(1.0, want.abs().max().item())  # sums over rows: tolerance scales
+            torch.testing.assert_close(got, want, rtol=rtol, atol=atol * scale, msg=name)
+    return y
+
+
+@pytest.fixture(autouse=True)
+def _keep_compile_state(monkeypatch):
+    """Compiled functions are shared across tests (compiling is slow); failures are not."""
+    monkeypatch.setattr(fused_cpu, "_failure", None)
+
+
+# ------------------------------------------------------------------------ compiled CPU path
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("shape", [(1, 7), (3, 5, 33), (17, 129)])
+@pytest.mark.parametrize("kind", ["dyt", "derf"])
+def test_compiled_matches_reference_fp32(kind, shape, with_bias):
+    y = check_against_reference(kind, "compiled", shape, torch.float32, with_bias)
+    assert type(y.grad_fn).__name__ == "_FusedElementwiseNormBackward"
+    if shape != (1, 7):  # sizes 1 run the eager bodies by design
+        assert any(key[0] == kind for key in fused_cpu._compiled), "nothing was compiled"
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("kind", ["dyt", "derf"])
+def test_compiled_matches_reference_bf16(kind, with_bias):
+    check_against_reference(kind, "compiled", (3, 5, 33), torch.bfloat16, with_bias)
+    assert (kind, "bwd_cols", torch.bfloat16, torch.bfloat16) in fused_cpu._compiled
+
+
+@pytest.mark.parametrize(
+    "requires", [("x",), ("alpha", "weight"), ("shift", "bias"), ()], ids=lambda r: "+".join(r)
+)
+def test_compiled_requires_grad_combinations(requires):
+    check_against_reference("derf", "compiled", (17, 129), torch.float32, True, requires)
+
+
+def test_compiled_under_no_grad_and_inference_mode():
+    inputs, _ = make_inputs("dyt", (17, 129), torch.float32, True)
+    want = call_reference("dyt", inputs)
+    params = {k: v.requires_grad_() if k != "x" and v is not None else v for k, v in inputs.items()}
+    with torch.no_grad():
+        y = call("dyt", "compiled", params)
+    assert y.grad_fn is None
+    torch.testing.assert_close(y, want, rtol=2e-5, atol=2e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(call("dyt", "compiled", inputs), want, rtol=2e-5, atol=2e-5)
+
+
+def test_compiled_non_contiguous_input():
+    inputs, upstream = make_inputs("derf", (40, 33), torch.float32, True)
+    inputs["x"] = inputs["x"].t().contiguous().t()  # same values, column-major strides
+    upstream = upstream.t().contiguous().t()
+    assert not inputs["x"].is_contiguous()
+    y, grads = run("derf", "compiled", inputs, upstream)
+    y_ref, grads_ref = run("derf", "reference", inputs, upstream)
+    torch.testing.assert_close(y, y_ref, rtol=2e-5, atol=2e-5)
+    for name in NAMES:
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_tanh_accuracy():
+    """The compiled path's rational tanh stays within ~3.3e-7 relative of tanh."""
+    z = torch.cat([torch.linspace(-20, 20, 20001), torch.logspace(-12, 1, 2001)])
+    z = torch.cat([z, -z[-2001:], torch.tensor([0.0, float("inf"), -float("inf")])])
+    want = torch.tanh(z.double())
+    got = fused_cpu._tanh(z).double()
+    rel = (got - want).abs() / want.abs().clamp_min(1e-30)
+    assert rel[:-3].max() < 4e-7
+    assert got[-3:].tolist() == [0.0, 1.0, -1.0]
+    assert torch.isnan(fused_cpu._tanh(torch.tensor([float("nan")]))).all()
+
+
+def test_compiled_backward_is_deterministic():
+    """Activation recompute replays the forward; backward sums must not vary run to run."""
+    inputs, upstream = make_inputs("dyt", (64, 96), torch.float32, True)
+    first = run("dyt", "compiled", inputs, upstream)
+    second = run("dyt", "compiled", inputs, upstream)
+    assert torch.equal(first[0], second[0])
+    for name in ("x", "alpha", "weight", "bias"):
+        assert torch.equal(first[1][name], second[1][name]), name
+
+
+def test_modules_pass_impl_through():
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from megadyt.norms import Derf, DyT
+
+    config = TransformerConfig(
+        num_layers=1, hidden_size=33, num_attention_heads=1, use_cpu_initialization=True
+    )
+    x = torch.randn(4, 3, 33) * 2
+    for cls in (DyT, Derf):
+        ref, fused = cls(config, 33, impl="reference"), cls(config, 33, impl="compiled")
+        assert "impl='compiled'" in repr(fused) and "impl='reference'" in repr(ref)
+        fused.load_state_dict(ref.state_dict())
+        y, y_ref = fused(x), ref(x)
+        assert type(y.grad_fn).__name__ == "_FusedElementwiseNormBackward"
+        y.square().sum().backward()
+        y_ref.square().sum().backward()
+        torch.testing.assert_close(y, y_ref, rtol=2e-5, atol=2e-5)
+        for (name, p), p_ref in zip(fused.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="auto, reference, compiled, triton"):
+        DyT(config, 33, impl="fast")
+
+
+# ------------------------------------------------------------------------------- selection
+
+
+def _args(shape, dtype=torch.float32, device="cpu"):
+    n = shape[-1]
+    x = torch.zeros(shape, dtype=dtype, device=device)
+    return x, torch.ones(1, dtype=dtype), None, torch.ones(n, dtype=dtype), None
+
+
+def test_auto_selection_on_cpu(monkeypatch):
+    big = (dispatch.CPU_AUTO_MIN_NUMEL // 512 + 1, 512)
+    assert dispatch.resolve_impl("auto", *_args(big)) == "compiled"
+    assert dispatch.resolve_impl("auto", *_args(big, torch.bfloat16)) == "compiled"
+    assert dispatch.resolve_impl("auto", *_args((4, 512))) == "reference"  # too small to pay
+    assert dispatch.resolve_impl("auto", *_args(big, torch.float64)) == "reference"
+    assert dispatch.resolve_impl("compiled", *_args(big, torch.float64)) == "reference"
+    assert dispatch.resolve_impl("reference", *_args(big)) == "reference"
+    x, a, s, w, b = _args(big)
+    assert dispatch.resolve_impl("auto", x, a, s, w[:-1], b) == "reference"  # bad weight shape
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert dispatch.resolve_impl("auto", *_args(big)) == "reference"  # outer compile fuses it
+
+
+def test_compile_failure_falls_back_once_with_warning(monkeypatch):
+    def broken(fn):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(fused_cpu, "_torch_compile", broken)
+    monkeypatch.setattr(fused_cpu, "_compiled", {})
+    big = (dispatch.CPU_AUTO_MIN_NUMEL // 512 + 1, 512)
+    assert dispatch.resolve_impl("auto", *_args(big)) == "compiled"
+    inputs, upstream = make_inputs("dyt", big, torch.float32, True)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here") as record:
+        y, grads = run("dyt", "auto", inputs, upstream)
+        y2, _ = run("dyt", "auto", inputs, upstream)
+        run("derf", "compiled", *make_inputs("derf", (17, 129), torch.float32, False))
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    assert fused_cpu.failure() is not None and not fused_cpu.available()
+    assert dispatch.resolve_impl("auto", *_args(big)) == "reference"
+    y_ref, grads_ref = run("dyt", "reference", inputs, upstream)
+    torch.testing.assert_close(y, y_ref, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(y2, y_ref, rtol=2e-5, atol=2e-5)
+    for name in ("x", "alpha", "weight", "bias"):
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-3)
+    assert type(y2.grad_fn).__name__ != "_FusedElementwiseNormBackward"  # second call: formula
+
+
+@pytest.mark.parametrize("fn", ["dyt", "derf"])
+def test_unknown_impl_raises(fn):
+    inputs, _ = make_inputs(fn, (2, 8), torch.float32, False)
+    with pytest.raises(ValueError, match="'fastest'.*auto, reference, compiled, triton"):
+        call(fn, "fastest", inputs)
+
+
+def test_explicit_triton_without_triton_raises(monkeypatch):
+    monkeypatch.setattr(dispatch, "_triton_module", None)
+    monkeypatch.setattr(dispatch, "_triton_error", "ModuleNotFoundError: No module named 'triton'")
+    inputs, _ = make_inputs("dyt", (2, 8), torch.float32, False)
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        call("dyt", "triton", inputs)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_explicit_triton_on_cpu_without_interpreter_raises():
+    if dispatch.triton_backend() is None:
+        pytest.skip(f"triton does not import: {dispatch.triton_error()}")
+    if dispatch.triton_backend().INTERPRETED:
+        pytest.skip("this process runs Triton's interpreter")
+    inputs, _ = make_inputs("dyt", (2, 8), torch.float32, False)
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        call("dyt", "triton", inputs)
+
+
+# ----------------------------------------------------------------- Triton, via interpreter
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_kernels_compile_for_hopper():
+    """The interpreter accepts code real compilation rejects (e.g. non-constexpr globals), so
+    also compile the kernels ahead of time to an sm_90 cubin (needs no GPU, only ptxas)."""
+    backend = dispatch.triton_backend()
+    if backend is None or backend.INTERPRETED:
+        pytest.skip("triton does not import, or this process runs its interpreter")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    def compile_(kernel, ptrs, ints, constexprs):
+        signature = {**ptrs, **dict.fromkeys(ints, "i32"), **dict.fromkeys(constexprs, "constexpr")}
+        src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32))
+
+    for dt in ("fp32", "bf16"):
+        for is_erf in (False, True):
+            fwd_ptrs = {k: f"*{dt}" for k in ("x_ptr", "y_ptr", "a_ptr", "s_ptr", "w_ptr", "b_ptr")}
+            consts = dict(IS_ERF=is_erf, HAS_BIAS=is_erf, BLOCK_M=4, BLOCK_N=1024)
+            assert compile_(backend._fwd_kernel, fwd_ptrs, ("M", "N"), consts).asm["cubin"]
+            bwd_ptrs = {
+                k: f"*{dt}" for k in ("dy_ptr", "x_ptr", "a_ptr", "s_ptr", "w_ptr", "dx_ptr")
+            }
+            bwd_ptrs.update(dict.fromkeys(("dw_part", "db_part", "da_part", "ds_part"), "*fp32"))
+            consts = dict(IS_ERF=is_erf, ROWS_PER_PROG=128, BLOCK_M=8, BLOCK_N=256)
+            kernel = compile_(backend._bwd_kernel, bwd_ptrs, ("M", "N"), consts)
+            assert kernel.asm["cubin"] and ".local" not in kernel.asm["ptx"]  # no spills
+
+
+TRITON_SHAPES = [(1, 7), (3, 5, 33), (17, 129), (70, 300)]
+
+
+def triton_interpreter_cases() -> int:
+    """Run every Triton case against the reference (needs TRITON_INTERPRET=1); return count."""
+    backend = dispatch.triton_backend()
+    assert backend is not None, dispatch.triton_error()
+    assert backend.INTERPRETED, "TRITON_INTERPRET=1 was not set before importing triton"
+    count = 0
+    for kind in ("dyt", "derf"):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for shape in TRITON_SHAPES:
+                for with_bias in (False, True):
+                    check_against_reference(kind, "triton", shape, dtype, with_bias)
+                    count += 1
+        check_against_reference(kind, "triton", (17, 129), torch.float32, True, ("x",))
+        check_against_reference(kind, "triton", (17, 129), torch.float32, True, ("weight",))
+        count += 2
+    return count
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_kernels_under_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "triton interpreter: 52 cases match the reference" in proc.stdout
+
+
+if __name__ == "__main__":
+    warnings.simplefilter("ignore")
+    n = triton_interpreter_cases()
+    print(f"triton interpreter: {n} cases match the reference")
