@@ -186,13 +186,13 @@ def test_rollback_skips_the_offending_data_lowers_lr_and_resumes_exactly(tmp_pat
 def _hang(rank: int, world_size: int, run_dir: str) -> str:
     from megadyt.training import trainer as trainer_module
 
-    cfg = _config([f"run.dir={run_dir}", "parallel.timeout_minutes=0.05", "train.steps=6"])
+    cfg = _config([f"run.dir={run_dir}", "parallel.timeout_minutes=0.2", "train.steps=6"])
     if rank == 1:
         original = trainer_module.Trainer.train_step
 
         def hanging_step(self, step):
             if step == 3:
-                time.sleep(20)  # stuck: no collective for much longer than the timeout
+                time.sleep(45)  # stuck: no collective for much longer than the timeout
             return original(self, step)
 
         trainer_module.Trainer.train_step = hanging_step
