@@ -1,17 +1,25 @@
-"""Training throughput of `megadyt train` on this machine: tokens/s, TFLOP/s and MFU.
+"""Training throughput of `megadyt train` on this machine, against a plain Hugging Face LLaMA.
 
 Runs the tiny config and a ~100M-parameter config (rmsnorm, dyt, derf) for a few steps each in a
-fresh process, reads the logged figures back from metrics.jsonl (first step excluded as warm-up),
-prints a table and writes JSON. DyT/Derf are reported as a ratio to RMSNorm measured in the same
-run, since absolute numbers on shared machines are noisy.
+fresh process, single-process and under `torch.distributed.run` (data parallel, ZeRO-1), reads
+the logged figures back from metrics.jsonl, and times a `transformers` LlamaForCausalLM of the
+same shape, batch, optimizer and process count (benchmarks/hf_baseline.py) in the same run.
+The first step of every run is dropped as warm-up; figures are medians of per-step tokens/s.
+Every process gets cpus // nproc torch threads (OMP_NUM_THREADS), so the total is the same.
+DyT/Derf are reported as ratios to RMSNorm and megadyt as a ratio to HF, measured side by side,
+since absolute numbers on shared machines are noisy (`--repeats` interleaves more rounds).
 
-    python benchmarks/train_throughput.py [--steps 6] [--nproc 1] [--output bench-train.json]
+    python benchmarks/train_throughput.py [--steps 6] [--nproc 1 2] [--output bench-train.json]
+
+Needs transformers: pip install -e '.[bench]'
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -19,9 +27,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
+HF_SCRIPT = Path(__file__).resolve().parent / "hf_baseline.py"
+NORMS = ("rmsnorm", "dyt", "derf")
 SIZES = {
     "tiny": [],
     # ~100M parameters: 12 layers × 768 wide, LLaMA-shaped, vocab 4096 (built-in tokenizer)
@@ -35,13 +43,51 @@ SIZES = {
         "train.global_batch_size=4",
     ],
 }
+# What computes attention in each implementation (for the report).
+ATTENTION = {
+    "megadyt": "megatron-core local spec DotProductAttention (baddbmm + explicit [s,s] mask "
+    "+ softmax; unfused on CPU)",
+    "hf": "transformers LlamaForCausalLM, attn_implementation='sdpa' (is_causal, no mask)",
+}
 
 
-def run_one(size: str, norm: str, steps: int, nproc: int, workdir: Path) -> dict:
-    run_dir = workdir / f"{size}-{norm}"
-    overrides = [
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_process(nproc: int) -> int:
+    return max(1, cpu_count() // nproc)
+
+
+def launcher(nproc: int) -> list[str]:
+    if nproc == 1:
+        return [sys.executable]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+    ]
+
+
+def run_quiet(cmd: list[str], nproc: int) -> None:
+    """Run `cmd` in the repo root with the thread budget; on failure show its output's tail."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_process(nproc))}
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    if proc.returncode:
+        tail = "\n".join(proc.stdout.splitlines()[-30:])
+        raise SystemExit(f"{' '.join(cmd)}\nfailed (exit {proc.returncode}):\n{tail}")
+
+
+def common_overrides(size: str, steps: int, run_dir: Path) -> list[str]:
+    return [
         *SIZES[size],
-        f"model.norm={norm}",
         f"train.steps={steps}",
         "train.log_interval=1",
         f"train.eval_interval={10 * steps}",
@@ -49,56 +95,148 @@ def run_one(size: str, norm: str, steps: int, nproc: int, workdir: Path) -> dict
         "parallel.zero_stage=1",
         f"run.dir={run_dir}",
     ]
-    sets = [arg for o in overrides for arg in ("--set", o)]
-    launcher = (
-        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-        if nproc > 1
-        else [sys.executable]
-    )
-    cmd = [*launcher, "-m", "megadyt", "train", "--config", f"configs/tiny/{norm}.yaml", *sets]
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def as_sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def run_megadyt(size: str, norm: str, steps: int, nproc: int, run_dir: Path) -> dict:
+    """One `megadyt train` run; per-step figures from metrics.jsonl, warm-up step dropped."""
+    sets = as_sets([*common_overrides(size, steps, run_dir), f"model.norm={norm}"])
+    config = f"configs/tiny/{norm}.yaml"
+    run_quiet([*launcher(nproc), "-m", "megadyt", "train", "--config", config, *sets], nproc)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    records = [r for r in records if "tokens_per_s" in r][1:]  # drop the warm-up step
+    records = [r for r in records if "tokens_per_s" in r][1:]
     return {
+        "tokens_per_s": [r["tokens_per_s"] for r in records],
+        "tflops_per_device": [r["perf/tflops_per_device"] for r in records],
+        "mfu": [r["perf/mfu"] for r in records],
+    }
+
+
+def run_hf(size: str, steps: int, nproc: int, run_dir: Path) -> dict:
+    """One HF baseline run of the same shape and batch; same per-step figures."""
+    out = run_dir.with_suffix(".json")
+    sets = as_sets(common_overrides(size, steps, run_dir))
+    cmd = [*launcher(nproc), str(HF_SCRIPT), "--config", "configs/tiny/rmsnorm.yaml", *sets]
+    run_quiet([*cmd, "--steps", str(steps), "--output", str(out)], nproc)
+    info = json.loads(out.read_text())
+    tps = [info["tokens_per_step"] / s for s in info["seconds"][1:]]
+    tflops = [x * info["flops_per_token"] / 1e12 / nproc for x in tps]
+    return {
+        "tokens_per_s": tps,
+        "tflops_per_device": tflops,
+        "mfu": [x / info["peak_tflops"] for x in tflops],
+        "info": {k: info[k] for k in ("transformers", "threads", "params", "dtype", "attention")},
+    }
+
+
+def summarise(key: tuple[str, str, int], runs: list[dict]) -> dict:
+    """Pool the per-step figures of all repeats of one (size, norm, nproc); medians."""
+    size, norm, nproc = key
+    pooled = {
+        k: [x for r in runs for x in r[k]] for k in ("tokens_per_s", "tflops_per_device", "mfu")
+    }
+    row = {
         "size": size,
         "norm": norm,
         "nproc": nproc,
-        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
-        "tflops_per_device": statistics.median(r["perf/tflops_per_device"] for r in records),
-        "mfu": statistics.median(r["perf/mfu"] for r in records),
+        "threads_per_process": threads_per_process(nproc),
+        "tokens_per_s": statistics.median(pooled["tokens_per_s"]),
+        "best_tokens_per_s": max(pooled["tokens_per_s"]),
+        "tflops_per_device": statistics.median(pooled["tflops_per_device"]),
+        "mfu": statistics.median(pooled["mfu"]),
+        "steps_tokens_per_s": pooled["tokens_per_s"],
     }
+    if "info" in runs[0]:
+        row.update(runs[0]["info"])
+    return row
+
+
+def machine_info(hf_version: str) -> dict:
+    import deepspeed
+    import megatron.core
+    import torch
+
+    import megadyt  # noqa: F401  (filters megatron-core's import-time warnings)
+
+    cuda = torch.cuda.is_available()
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "python": platform.python_version(),
+        "cpus": cpu_count(),
+        "torch_threads_default": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "transformers": hf_version,
+        "deepspeed": deepspeed.__version__,
+        "megatron_core": megatron.core.__version__,
+        "dtype": "bf16 (megadyt: DeepSpeed bf16; HF: autocast)" if cuda else "fp32",
+        "attention": ATTENTION,
+        "data": "megadyt: built-in corpus via megadyt's GPTDataset; HF: random token ids",
+    }
+
+
+def ratio(a: float, b: float | None) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| size | norm | procs | tokens/s | vs rmsnorm | vs HF | TFLOP/s/device | MFU |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['size']} | {r['norm']} | {r['nproc']}×{r['threads_per_process']}t | "
+            f"{r['tokens_per_s']:,.0f} | {ratio(r['tokens_per_s'], r.get('rmsnorm_tps'))} | "
+            f"{ratio(r['tokens_per_s'], r['hf_tps'])} | {r['tflops_per_device']:.3f} | "
+            f"{r['mfu']:.1%} |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--nproc", type=int, default=1)
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES))
+    parser.add_argument("--nproc", type=int, nargs="+", default=[1])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=NORMS)
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds, pooled")
     parser.add_argument("--output", default="bench-train.json")
     args = parser.parse_args()
-    rows = []
+    if importlib.util.find_spec("transformers") is None:
+        raise SystemExit("transformers is missing for the HF baseline: pip install -e '.[bench]'")
+    runs: dict[tuple[str, str, int], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            for norm in ("rmsnorm", "dyt", "derf"):
-                rows.append(run_one(size, norm, args.steps, args.nproc, Path(tmp)))
-    baseline = {r["size"]: r["tokens_per_s"] for r in rows if r["norm"] == "rmsnorm"}
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpus": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__,
-    }
-    print(f"machine: {machine['device']}, {machine['cpus']} threads, torch {machine['torch']}")
-    print("| size | norm | procs | tokens/s | vs rmsnorm | TFLOP/s/device | MFU |")
-    print("|---|---|---|---|---|---|---|")
+            for nproc in args.nproc:
+                for rep in range(args.repeats):
+                    # HF first, then the norms: each round sees the machine in a similar state
+                    tag = f"{size}-{nproc}p-{rep}"
+                    print(f"{tag}: hf", file=sys.stderr, flush=True)
+                    hf = run_hf(size, args.steps, nproc, Path(tmp) / f"{tag}-hf")
+                    runs.setdefault((size, "hf-llama", nproc), []).append(hf)
+                    for norm in args.norms:
+                        print(f"{tag}: {norm}", file=sys.stderr, flush=True)
+                        md = run_megadyt(size, norm, args.steps, nproc, Path(tmp) / f"{tag}-{norm}")
+                        runs.setdefault((size, norm, nproc), []).append(md)
+    rows = [summarise(key, value) for key, value in runs.items()]
+    by_key = {(r["size"], r["norm"], r["nproc"]): r["tokens_per_s"] for r in rows}
     for r in rows:
-        r["ratio_vs_rmsnorm"] = r["tokens_per_s"] / baseline[r["size"]]
-        print(
-            f"| {r['size']} | {r['norm']} | {r['nproc']} | {r['tokens_per_s']:,.0f} | "
-            f"{r['ratio_vs_rmsnorm']:.2f}x | {r['tflops_per_device']:.3f} | {r['mfu']:.1%} |"
-        )
-    Path(args.output).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+        r["hf_tps"] = by_key[(r["size"], "hf-llama", r["nproc"])]
+        r["ratio_vs_hf"] = r["tokens_per_s"] / r["hf_tps"]
+        if r["norm"] != "hf-llama" and (r["size"], "rmsnorm", r["nproc"]) in by_key:
+            r["rmsnorm_tps"] = by_key[(r["size"], "rmsnorm", r["nproc"])]
+            r["ratio_vs_rmsnorm"] = r["tokens_per_s"] / r["rmsnorm_tps"]
+    hf_version = next(r["transformers"] for r in rows if r["norm"] == "hf-llama")
+    machine = machine_info(hf_version)
+    print(
+        f"machine: {machine['device']}, {machine['cpus']} cpus, torch {machine['torch']}, "
+        f"transformers {hf_version}; procs×threads per process; HF = {ATTENTION['hf']}"
+    )
+    print_table(rows)
+    report = {"machine": machine, "steps": args.steps, "repeats": args.repeats, "rows": rows}
+    Path(args.output).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
