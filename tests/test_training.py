@@ -116,6 +116,7 @@ def test_same_loss_curve_for_every_parallel_layout(tmp_path):
     single = run_distributed(
         _layouts,
         world_size=1,
+        timeout=600,  # the offload layout JIT-builds DeepSpeed CPU Adam on a fresh machine (90 s)
         layouts=[
             [f"run.dir={tmp_path}/tp1dp1", "parallel.zero_stage=0"],
             [f"run.dir={tmp_path}/recompute", "parallel.zero_stage=0", "parallel.recompute=full"],

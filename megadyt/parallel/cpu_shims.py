@@ -9,6 +9,8 @@ laptop or CI machine (see shared/notes/platform.md):
   3. weights must be initialised with `use_cpu_initialization=True` (set in model/llama.py).
 `install()` answers (1) with "cpu" and (2) with the CPU generator. It is called by
 `megadyt.parallel.distributed` and is a no-op when `torch.cuda.is_available()`.
+
+DeepSpeed has one CPU assumption of its own: `skip_deepspeed_shm_comm()` below.
 """
 
 from __future__ import annotations
@@ -74,3 +76,23 @@ def _keep_cpu_tracker(*args, force_reset: bool = False, **kwargs) -> None:
     if force_reset or not isinstance(tp_random._CUDA_RNG_STATE_TRACKER, CpuRNGStatesTracker):
         tp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     tp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+
+
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def skip_deepspeed_shm_comm() -> None:
+    """Keep DeepSpeed's CPU accelerator from JIT-compiling its shared-memory all-reduce op.
+
+    DeepSpeed builds it in every `init_distributed` on CPU (about a minute on 2 cores, once per
+    install), yet only its inference all-reduce uses it. A build that is killed part-way leaves
+    torch's extension lock file behind, and every later start-up then waits on it forever (this
+    hung CI). Training never needs the op, so it is marked incompatible; gloo does the
+    all-reduces. DeepSpeed documents `deepspeed.ops.__compatible_ops__` as one cached dict
+    whose edits persist.
+    """
+    if not cuda_absent():
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False

@@ -11,6 +11,7 @@ import torch
 from megatron.core import parallel_state
 
 from megadyt.config.schema import Config
+from megadyt.parallel.cpu_shims import skip_deepspeed_shm_comm
 from megadyt.parallel.distributed import launcher_variables
 from megadyt.parallel.mpu import MegatronMPU
 from megadyt.training.optim import parameter_groups
@@ -76,6 +77,7 @@ def build_engine(cfg: Config, model: torch.nn.Module, norm_names: set[str]):
             weight_decay=t.weight_decay,
             fused=torch.cuda.is_available(),
         )
+    skip_deepspeed_shm_comm()
     with launcher_variables():
         engine, _, _, _ = deepspeed.initialize(
             model=model,
