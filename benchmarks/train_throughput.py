@@ -1,9 +1,10 @@
 """Training throughput of `megadyt train` on this machine, against a plain Hugging Face LLaMA.
 
 Runs the tiny config and a ~100M-parameter config (rmsnorm, dyt, derf) for a few steps each in a
-fresh process, single-process and under `torch.distributed.run` (data parallel, ZeRO-1), reads
-the logged figures back from metrics.jsonl, and times a `transformers` LlamaForCausalLM of the
-same shape, batch, optimizer and process count (benchmarks/hf_baseline.py) in the same run.
+fresh process, single-process (ZeRO stage 0) and under `torch.distributed.run` (data parallel,
+ZeRO-1), reads the logged figures back from metrics.jsonl, and times a `transformers`
+LlamaForCausalLM of the same shape, batch, optimizer and process count (benchmarks/hf_baseline.py)
+in the same run.
 The first step of every run is dropped as warm-up; figures are medians of per-step tokens/s.
 Every process gets cpus // nproc torch threads (OMP_NUM_THREADS), so the total is the same.
 DyT/Derf are reported as ratios to RMSNorm and megadyt as a ratio to HF, measured side by side,
@@ -45,8 +46,8 @@ SIZES = {
 }
 # What computes attention in each implementation (for the report).
 ATTENTION = {
-    "megadyt": "megatron-core local spec DotProductAttention (baddbmm + explicit [s,s] mask "
-    "+ softmax; unfused on CPU)",
+    "megadyt": "megatron-core local spec with megadyt's SdpaDotProductAttention "
+    "(model.attention_impl=sdpa: scaled_dot_product_attention, is_causal, no mask)",
     "hf": "transformers LlamaForCausalLM, attn_implementation='sdpa' (is_causal, no mask)",
 }
 
@@ -85,14 +86,15 @@ def run_quiet(cmd: list[str], nproc: int) -> None:
         raise SystemExit(f"{' '.join(cmd)}\nfailed (exit {proc.returncode}):\n{tail}")
 
 
-def common_overrides(size: str, steps: int, run_dir: Path) -> list[str]:
+def common_overrides(size: str, steps: int, nproc: int, run_dir: Path) -> list[str]:
+    """Shape, steps and logging; ZeRO-1 over 2+ ranks, stage 0 alone (nothing to shard)."""
     return [
         *SIZES[size],
         f"train.steps={steps}",
         "train.log_interval=1",
         f"train.eval_interval={10 * steps}",
         f"train.save_interval={10 * steps}",
-        "parallel.zero_stage=1",
+        f"parallel.zero_stage={0 if nproc == 1 else 1}",
         f"run.dir={run_dir}",
     ]
 
@@ -103,7 +105,7 @@ def as_sets(overrides: list[str]) -> list[str]:
 
 def run_megadyt(size: str, norm: str, steps: int, nproc: int, run_dir: Path) -> dict:
     """One `megadyt train` run; per-step figures from metrics.jsonl, warm-up step dropped."""
-    sets = as_sets([*common_overrides(size, steps, run_dir), f"model.norm={norm}"])
+    sets = as_sets([*common_overrides(size, steps, nproc, run_dir), f"model.norm={norm}"])
     config = f"configs/tiny/{norm}.yaml"
     run_quiet([*launcher(nproc), "-m", "megadyt", "train", "--config", config, *sets], nproc)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -118,7 +120,7 @@ def run_megadyt(size: str, norm: str, steps: int, nproc: int, run_dir: Path) -> 
 def run_hf(size: str, steps: int, nproc: int, run_dir: Path) -> dict:
     """One HF baseline run of the same shape and batch; same per-step figures."""
     out = run_dir.with_suffix(".json")
-    sets = as_sets(common_overrides(size, steps, run_dir))
+    sets = as_sets(common_overrides(size, steps, nproc, run_dir))
     cmd = [*launcher(nproc), str(HF_SCRIPT), "--config", "configs/tiny/rmsnorm.yaml", *sets]
     run_quiet([*cmd, "--steps", str(steps), "--output", str(out)], nproc)
     info = json.loads(out.read_text())

@@ -69,6 +69,17 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _quiet() -> dict:
+    """subprocess keywords: repository root, clean launcher variables, no output, bounded."""
+    return {
+        "cwd": ROOT,
+        "env": _env(),
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+        "timeout": 300,
+    }
+
+
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -80,14 +91,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> dict[int, float]:
     run_dir = tmp_path_factory.mktemp("straight")
-    subprocess.run(
-        _command(run_dir, 12, 3),
-        cwd=ROOT,
-        env=_env(),
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    subprocess.run(_command(run_dir, 12, 3), check=True, **_quiet())
     return _losses(run_dir)
 
 
@@ -99,13 +103,11 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path, straight):
     )
     _wait_for(latest.is_file, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     killed_at = latest.read_text().strip()
     assert killed_at.startswith("step_") and int(killed_at[5:]) < 12
 
-    subprocess.run(
-        cmd, cwd=ROOT, env=_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    subprocess.run(cmd, check=True, **_quiet())
     resumed = _losses(tmp_path)
     assert sorted(resumed) == list(range(1, 13))
     for step in range(int(killed_at[5:]) + 1, 13):
@@ -127,9 +129,60 @@ def test_sigusr1_saves_and_exits_cleanly(tmp_path, straight):
     stopped_at = int((tmp_path / "checkpoints" / "latest").read_text().strip()[5:])
     assert 2 <= stopped_at < 12
 
-    subprocess.run(
-        cmd, cwd=ROOT, env=_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    subprocess.run(cmd, check=True, **_quiet())
     resumed = _losses(tmp_path)
     for step in range(stopped_at + 1, 13):
         assert resumed[step] == straight[step], step
+
+
+def _torchrun(cmd: list[str]) -> list[str]:
+    """The same command under torchrun, 2 ranks; --standalone picks a free rendezvous port."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return [*run, *cmd[1:]]
+
+
+def _worker_of_rank(launcher_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker with RANK=`rank` (read from its environment)."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    for pid in children:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no worker with RANK={rank} among {children}")
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
+    """Two ranks under torchrun; rank 1 is SIGKILLed as soon as the directory of a new
+    checkpoint appears (while that save is in progress, when the timing allows). Whatever the
+    moment, `latest` must verify, and the rerun must continue with the uninterrupted losses."""
+    from megadyt.training import checkpoint
+
+    straight_dir, crash_dir = tmp_path / "straight", tmp_path / "crash"
+    subprocess.run(_torchrun(_command(straight_dir, 8, 2)), check=True, **_quiet())
+    straight = _losses(straight_dir)
+
+    cmd = _torchrun(_command(crash_dir, 8, 2))
+    quiet = _quiet()
+    quiet.pop("timeout")
+    proc = subprocess.Popen(cmd, start_new_session=True, **quiet)
+    try:
+        ckpts = crash_dir / "checkpoints"
+        # the first complete checkpoint, then the directory of the next one
+        _wait_for((ckpts / "latest").is_file, proc)
+        _wait_for(lambda: (ckpts / checkpoint.tag_for(4)).is_dir(), proc)
+        os.kill(_worker_of_rank(proc.pid, 1), signal.SIGKILL)  # torchrun then ends rank 0
+        proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+            proc.wait()
+    assert proc.returncode != 0
+    tag = (ckpts / "latest").read_text().strip()
+    checkpoint.verify_checkpoint(ckpts, tag)  # raises if what `latest` names is incomplete
+
+    subprocess.run(cmd, check=True, **_quiet())
+    resumed = _losses(crash_dir)
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(int(tag[5:]) + 1, 9):
+        assert resumed[step] == straight[step], (step, resumed[step], straight[step])

@@ -15,6 +15,7 @@ NormName = Literal["rmsnorm", "dyt", "derf"]
 RecomputeName = Literal["none", "selective", "full"]
 PrecisionName = Literal["auto", "bf16", "fp32"]
 NormImplName = Literal["auto", "reference", "compiled", "triton"]
+AttentionImplName = Literal["sdpa", "local"]
 SpikeActionName = Literal["off", "log", "skip", "rollback"]
 
 
@@ -45,6 +46,10 @@ class ModelConfig:
     # (Triton on CUDA, compiled on CPU, else the plain formula). Not part of the model's identity:
     # checkpoints move freely between implementations.
     norm_impl: NormImplName = "auto"
+    # Core attention: "sdpa" runs causal self-attention on torch's scaled_dot_product_attention
+    # (FlashAttention on CUDA, no [s, s] scores kept); "local" is megatron-core's unfused class.
+    # Not part of the model's identity either.
+    attention_impl: AttentionImplName = "sdpa"
 
     @property
     def kv_heads(self) -> int:

@@ -21,6 +21,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megadyt.config.schema import Config, ModelConfig
+from megadyt.model.attention import SdpaDotProductAttention
 from megadyt.norms import NORM_CLASSES, resolve_alpha0, tp_summed
 
 
@@ -86,10 +87,13 @@ def norm_spec(model: ModelConfig, role: str) -> ModuleSpec:
 
 
 def block_spec(model: ModelConfig) -> TransformerBlockSubmodules:
-    """megatron-core's local GPT layer spec with our norm in every slot, final norm included."""
+    """megatron-core's local GPT layer spec with our norm in every slot, final norm included,
+    and the core attention `model.attention_impl` names."""
     layer = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
     layer.submodules.input_layernorm = norm_spec(model, "attention")
     layer.submodules.pre_mlp_layernorm = norm_spec(model, "ffn")
+    if model.attention_impl == "sdpa":
+        layer.submodules.self_attention.submodules.core_attention = SdpaDotProductAttention
     return TransformerBlockSubmodules(
         layer_specs=[layer] * model.num_layers, layer_norm=norm_spec(model, "final")
     )

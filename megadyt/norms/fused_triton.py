@@ -15,6 +15,7 @@ is built from exp; no libdevice).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -129,15 +130,7 @@ def _programs_target(x: torch.Tensor) -> int:
 
 
 def _launch_guard(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.device.type == "cuda" else _NullContext()
-
-
-class _NullContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
 
 
 def forward(

@@ -226,7 +226,7 @@ def choose_checkpoint(ckpt_dir: Path, fallback: bool) -> tuple[str | None, str |
 
 
 # How a model is computed, not what it is: free to change between save and resume.
-EXECUTION_ONLY_MODEL_KEYS = frozenset({"norm_impl"})
+EXECUTION_ONLY_MODEL_KEYS = frozenset({"norm_impl", "attention_impl"})
 
 
 def _check_same_model(ckpt_dir: Path, tag: str, saved: dict | None, model: dict | None) -> None:

@@ -216,7 +216,6 @@ class Trainer:
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
             grad_norm = float("nan") if grad_norm is None else float(grad_norm)
-        all_dropped = drop_spikes and len(spikes) == self.gas
         applied = finite and self.engine.skipped_steps == skipped_before
         applied = applied and math.isfinite(grad_norm) and not all_dropped
         return StepOutcome(_mean_over_dp(losses), grad_norm, applied, spikes)
