@@ -11,21 +11,13 @@ import pytest
 import torch
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
+from test_training import SMALL  # 2 layers, width 64, 4 heads (later --set values win)
 
 from megadyt.config import load_config
 from megadyt.model import build_model
 from megadyt.model.attention import SdpaDotProductAttention
 from megadyt.model.llama import transformer_config
 from megadyt.parallel.distributed import destroy_distributed, init_distributed, seed_everything
-
-SMALL = [
-    "model.num_layers=2",
-    "model.hidden_size=64",
-    "model.num_attention_heads=4",
-    "model.ffn_hidden_size=96",
-    "model.vocab_size=256",
-    "model.seq_length=32",
-]
 
 
 @pytest.fixture(scope="module")
