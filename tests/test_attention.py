@@ -32,7 +32,7 @@ def _pair(groups: int):
     cfg = load_config(None, [*SMALL, f"model.num_query_groups={groups}"])
     tc = transformer_config(cfg)
     kwargs = {"layer_number": 1, "attn_mask_type": AttnMaskType.causal, "attention_type": "self"}
-    return cfg, SdpaDotProductAttention(tc, **kwargs), DotProductAttention(tc, **kwargs)
+    return SdpaDotProductAttention(tc, **kwargs), DotProductAttention(tc, **kwargs)
 
 
 def _inputs(seq_q: int, seq_k: int, groups: int, seed: int = 0):
@@ -58,7 +58,7 @@ def _run(module, query, key, value, mask):
 
 @pytest.mark.parametrize("groups", [4, 2, 1], ids=["mha", "gqa", "mqa"])
 def test_sdpa_matches_megatron_local_attention(distributed, groups):
-    _, sdpa, local = _pair(groups)
+    sdpa, local = _pair(groups)
     query, key, value = _inputs(24, 24, groups)
     out, grads = _run(sdpa, query, key, value, _mask(24, 24))
     want, want_grads = _run(local, query, key, value, _mask(24, 24))
@@ -70,7 +70,7 @@ def test_sdpa_matches_megatron_local_attention(distributed, groups):
 
 def test_query_shorter_than_keys_goes_to_megatron(distributed):
     """SDPA's is_causal aligns the mask top-left; decoding needs it bottom-right."""
-    _, sdpa, local = _pair(2)
+    sdpa, local = _pair(2)
     query, key, value = _inputs(1, 9, 2)
     out, _ = _run(sdpa, query, key, value, _mask(1, 9))
     want, _ = _run(local, query, key, value, _mask(1, 9))

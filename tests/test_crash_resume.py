@@ -70,14 +70,13 @@ def _env() -> dict[str, str]:
 
 
 def _quiet() -> dict:
-    """subprocess keywords: repository root, clean launcher variables, no output, bounded."""
-    return {
-        "cwd": ROOT,
-        "env": _env(),
-        "stdout": subprocess.DEVNULL,
-        "stderr": subprocess.DEVNULL,
-        "timeout": 300,
-    }
+    """subprocess keywords: repository root, clean launcher variables, no output."""
+    return {"cwd": ROOT, "env": _env(), "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+
+def _run(cmd: list[str]) -> None:
+    """Run to completion; a hang fails the test after 300 s."""
+    subprocess.run(cmd, check=True, timeout=300, **_quiet())
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -91,23 +90,21 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> dict[int, float]:
     run_dir = tmp_path_factory.mktemp("straight")
-    subprocess.run(_command(run_dir, 12, 3), check=True, **_quiet())
+    _run(_command(run_dir, 12, 3))
     return _losses(run_dir)
 
 
 def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path, straight):
     cmd = _command(tmp_path, 12, 3)
     latest = tmp_path / "checkpoints" / "latest"
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen(cmd, **_quiet())
     _wait_for(latest.is_file, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     killed_at = latest.read_text().strip()
     assert killed_at.startswith("step_") and int(killed_at[5:]) < 12
 
-    subprocess.run(cmd, check=True, **_quiet())
+    _run(cmd)
     resumed = _losses(tmp_path)
     assert sorted(resumed) == list(range(1, 13))
     for step in range(int(killed_at[5:]) + 1, 13):
@@ -129,7 +126,7 @@ def test_sigusr1_saves_and_exits_cleanly(tmp_path, straight):
     stopped_at = int((tmp_path / "checkpoints" / "latest").read_text().strip()[5:])
     assert 2 <= stopped_at < 12
 
-    subprocess.run(cmd, check=True, **_quiet())
+    _run(cmd)
     resumed = _losses(tmp_path)
     for step in range(stopped_at + 1, 13):
         assert resumed[step] == straight[step], step
@@ -159,13 +156,11 @@ def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
     from megadyt.training import checkpoint
 
     straight_dir, crash_dir = tmp_path / "straight", tmp_path / "crash"
-    subprocess.run(_torchrun(_command(straight_dir, 8, 2)), check=True, **_quiet())
+    _run(_torchrun(_command(straight_dir, 8, 2)))
     straight = _losses(straight_dir)
 
     cmd = _torchrun(_command(crash_dir, 8, 2))
-    quiet = _quiet()
-    quiet.pop("timeout")
-    proc = subprocess.Popen(cmd, start_new_session=True, **quiet)
+    proc = subprocess.Popen(cmd, start_new_session=True, **_quiet())
     try:
         ckpts = crash_dir / "checkpoints"
         # the first complete checkpoint, then the directory of the next one
@@ -181,7 +176,7 @@ def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
     tag = (ckpts / "latest").read_text().strip()
     checkpoint.verify_checkpoint(ckpts, tag)  # raises if what `latest` names is incomplete
 
-    subprocess.run(cmd, check=True, **_quiet())
+    _run(cmd)
     resumed = _losses(crash_dir)
     assert sorted(resumed) == list(range(1, 9))
     for step in range(int(tag[5:]) + 1, 9):

@@ -282,9 +282,11 @@ def test_ranks_with_different_configs_stop_at_start_up(tmp_path):
 def test_stale_extension_build_lock_does_not_stall_start_up(tmp_path, monkeypatch):
     """A build of DeepSpeed's CPU shm op killed part-way leaves torch's lock file; start-up must
     not wait on it (it used to wait forever: training never needs that op)."""
+    from megadyt.parallel.cpu_shims import SHM_COMM_OP
+
     extensions = tmp_path / "torch_extensions"
-    (extensions / "deepspeed_shm_comm").mkdir(parents=True)
-    (extensions / "deepspeed_shm_comm" / "lock").touch()
+    (extensions / SHM_COMM_OP).mkdir(parents=True)
+    (extensions / SHM_COMM_OP / "lock").touch()
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
     run_dir = tmp_path / "run"
     message = run_distributed(_resume, world_size=1, timeout=150, run_dir=str(run_dir), steps=2)

@@ -43,8 +43,9 @@ def peak_tflops(cfg: Config) -> float:
 
 @functools.cache
 def cpu_matmul_tflops(threads: int, size: int = 768, trials: int = 5, reps: int = 3) -> float:
-    """This CPU's fp32 matmul TFLOP/s at `threads` threads: the best of several short trials,
-    since a shared machine slows some of them (a single average made MFU exceed 100%)."""
+    """This CPU's fp32 matmul TFLOP/s: the best of several short trials, since a shared machine
+    slows some of them (a single average made MFU exceed 100%). `threads` (torch's current
+    thread count) keys the cache: the figure depends on it."""
     a = torch.randn(size, size)
     a @ a
     best = float("inf")
