@@ -50,7 +50,7 @@ def llama_config(m: ModelConfig):
         max_position_embeddings=m.seq_length,
         rms_norm_eps=m.norm_eps,
         rope_theta=float(m.rotary_base),  # transformers 5 folds it into rope_parameters
-        initializer_range=m.init_std,
+        initializer_range=m.resolved_init_std,
         tie_word_embeddings=False,
         attention_bias=False,
         mlp_bias=False,

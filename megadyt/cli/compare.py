@@ -3,7 +3,8 @@
 Reads each run's TensorBoard logs (RUN_DIR/tb), draws train and validation loss vs tokens and, on
 a second panel, the difference to the first run (the baseline); prints a markdown table of final
 losses, their gap to the baseline, and the zero-shot average from RUN_DIR/eval/step_*.json
-(written by `megadyt eval --run-dir RUN_DIR`) when one exists.
+(written by `megadyt eval --run-dir RUN_DIR`) when one exists. `--metric TAG` plots other logged
+series instead, one panel per tag (e.g. the saturation monitor's `norm/saturated/final`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output", default="compare.png", help="PNG to write (default compare.png)"
     )
     parser.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="plot these logged scalars instead of the loss (repeatable; shell patterns, e.g. "
+        "norm/saturated/final or 'norm/derivative/*')",
+    )
+    parser.add_argument(
         "--smooth", type=int, default=1, metavar="K", help="moving average over K train-loss points"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from megadyt.evaluation.curves import load_run, markdown_table, plot
+    from megadyt.evaluation.curves import (
+        load_run,
+        markdown_table,
+        matching_metrics,
+        plot,
+        plot_metrics,
+    )
 
     if args.smooth < 1:
         raise MegadytError(f"--smooth {args.smooth}: give a window of at least 1 point")
@@ -39,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     for i, run in enumerate(runs):  # same basename in different parents: use the full path
         if names.count(run.name) > 1:
             run.name = str(args.runs[i])
-    path = plot(runs, args.output, args.smooth)
+    if args.metric:
+        path = plot_metrics(runs, matching_metrics(runs, args.metric), args.output)
+    else:
+        path = plot(runs, args.output, args.smooth)
     print(markdown_table(runs))
     print(f"\nfigure written to {path}")
     return 0

@@ -41,6 +41,10 @@ def model_info(cfg: Config) -> dict:
         "global_batch_size": cfg.train.global_batch_size,
         "tokens_per_step": cfg.train.global_batch_size * m.seq_length,
         "embedding_scale": m.has_embedding_scale,
+        "init_std": {
+            "value": m.resolved_init_std,
+            "source": "auto: 1/sqrt(hidden_size)" if m.init_std == "auto" else "config",
+        },
         "tp": cfg.parallel.tp,
         "sp": cfg.parallel.sp,
         "zero_stage": cfg.parallel.zero_stage,
@@ -51,7 +55,30 @@ def model_info(cfg: Config) -> dict:
             role: {"value": getattr(alpha, role), "source": alpha.sources[role]}
             for role in ("attention", "ffn", "final")
         }
+        info["alpha_init"] = {"mode": m.alpha_init}
+        if m.alpha_init == "calibrate":
+            info["alpha_init"].update(
+                attention=m.alpha_calibration_attention, other=m.alpha_calibration_other
+            )
     return info
+
+
+def _describe(key: str, value) -> str:
+    if key == "alpha0":
+        return ", ".join(f"{r} {v['value']:.4g} ({v['source']})" for r, v in value.items())
+    if key == "init_std":
+        return f"{value['value']:.4g} ({value['source']})"
+    if key == "alpha_init" and value["mode"] == "calibrate":
+        return (
+            f"calibrate: at the start of a fresh run α = {value['attention']:g}/std(input) for "
+            f"attention norms, {value['other']:g}/std(input) for FFN and final norms (α₀ above "
+            "is only the value before calibration)"
+        )
+    if key == "alpha_init":
+        return "rule: α starts at α₀ above"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
+        return f"{value:,}"
+    return str(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,9 +88,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():
-        if key == "alpha0":
-            value = ", ".join(f"{r} {v['value']:.4g} ({v['source']})" for r, v in value.items())
-        elif isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
-            value = f"{value:,}"
-        print(f"{key:<{width}}  {value}")
+        print(f"{key:<{width}}  {_describe(key, value)}")
     return 0

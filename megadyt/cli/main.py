@@ -23,6 +23,7 @@ COMMANDS = {
     "compare": "compare",
     "plan": "plan",
     "export": "export",
+    "sweep": "sweep",
 }
 
 

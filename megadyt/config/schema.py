@@ -8,6 +8,7 @@ and calls `validate()` once at start-up; the rest of the code trusts the object.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,11 +33,22 @@ class ModelConfig:
     seq_length: int = 128
     rotary_base: int = 10000
     norm_eps: float = 1e-5  # RMSNorm only
-    init_std: float = 0.02
+    # Std of the normal init of every weight matrix. "auto" = 1/sqrt(hidden_size): 0.088 at
+    # width 128, 0.0156 at 4096. Small DyT/Derf models need it (docs/dyt-at-small-scale.md);
+    # the LLaMA presets pin the paper's 0.02.
+    init_std: float | Literal["auto"] = "auto"
     # DyT/Derf. None means "chosen by the width rule" (megadyt.norms.alpha); a number overrides.
     alpha0_attention: float | None = None
     alpha0_ffn: float | None = None
     alpha0_final: float | None = None
+    # How DyT/Derf set α at the start of a fresh run. "rule": α₀ from the width rule (or the
+    # alpha0_* overrides). "calibrate": one forward pass over the first micro-batch before
+    # training sets each norm's α = c / std(its input), in forward order, with c =
+    # alpha_calibration_attention for attention norms and alpha_calibration_other for FFN and
+    # final norms. A resumed run keeps its checkpointed α. RMSNorm ignores both.
+    alpha_init: Literal["rule", "calibrate"] = "calibrate"
+    alpha_calibration_attention: float = 2.0
+    alpha_calibration_other: float = 1.0
     derf_shift_init: float = 0.0  # s0 of Derf (the paper: 0)
     norm_bias: bool = False  # β in DyT/Derf; the paper's LLaMA code has none
     # Learnable scalar multiplying the token embedding (init sqrt(hidden_size)).
@@ -54,6 +66,13 @@ class ModelConfig:
     @property
     def kv_heads(self) -> int:
         return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def resolved_init_std(self) -> float:
+        """init_std as a number ("auto" resolved to 1/sqrt(hidden_size))."""
+        if self.init_std == "auto":
+            return 1.0 / math.sqrt(self.hidden_size)
+        return float(self.init_std)
 
     @property
     def has_embedding_scale(self) -> bool:
@@ -122,6 +141,11 @@ class TrainConfig:
     # verifies instead of stopping (`megadyt train --resume-fallback`).
     resume_fallback: bool = False
     peak_tflops: float | None = None  # per device, for MFU; None: a default for the device
+    # Per-norm health at every log step, from one sampled micro-batch: input RMS, and for
+    # DyT/Derf the fraction of saturated units (|αx+s| > 2) and the mean derivative of tanh/erf.
+    saturation_monitor: bool = True
+    # Warn once when the final norm stays > 90% saturated for this many log intervals in a row.
+    saturation_patience: int = 5
 
 
 @dataclass

@@ -40,6 +40,13 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     for key in ("alpha0_attention", "alpha0_ffn", "alpha0_final"):
         value = getattr(m, key)
         _require(value is None or value > 0, f"model.{key} must be positive, got {value}")
+    for key in ("alpha_calibration_attention", "alpha_calibration_other"):
+        value = getattr(m, key)
+        _require(value > 0, f"model.{key} must be positive, got {value}")
+    _require(
+        m.init_std == "auto" or m.init_std > 0,
+        f"model.init_std must be positive or 'auto', got {m.init_std}",
+    )
 
     _require(p.tp >= 1, f"parallel.tp must be >= 1, got {p.tp}")
     _require(
@@ -75,6 +82,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         "max_bad_steps",
         "spike_window",
         "spike_min_history",
+        "saturation_patience",
     ):
         _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}")
     _require(t.lr > 0, f"train.lr must be positive, got {t.lr}")

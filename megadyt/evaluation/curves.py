@@ -29,7 +29,7 @@ class RunCurves:
     valid: tuple[np.ndarray, np.ndarray]
     eval_average: float | None = None
     eval_file: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # every logged scalar: tag -> (tokens, values)
 
     @property
     def final_train(self) -> float | None:
@@ -119,7 +119,54 @@ def load_run(run_dir: str | Path) -> RunCurves:
         valid=series(VALID),
         eval_average=eval_average,
         eval_file=eval_file,
+        extra={tag: series(tag) for tag in scalars},
     )
+
+
+def matching_metrics(runs: list[RunCurves], patterns: list[str]) -> list[str]:
+    """Logged tags that match any of `patterns` (shell-style, e.g. 'norm/saturated/*') in any
+    run, in the order first seen; an unmatched pattern is an error naming what exists."""
+    from fnmatch import fnmatchcase
+
+    tags: list[str] = []
+    for pattern in patterns:
+        found = [t for run in runs for t in run.extra if fnmatchcase(t, pattern)]
+        if not found:
+            groups = sorted({t.rsplit("/", 1)[0] + "/*" for run in runs for t in run.extra})
+            raise MegadytError(
+                f"--metric {pattern!r} matches no logged scalar; logged: {', '.join(groups)}"
+            )
+        tags += [t for t in dict.fromkeys(found) if t not in tags]
+    return tags
+
+
+def plot_metrics(runs: list[RunCurves], tags: list[str], output: str | Path) -> Path:
+    """One panel per tag, every run a line against tokens (e.g. saturation of the final norm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(tags))
+    rows = -(-len(tags) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        for run in runs:
+            xs, ys = run.extra.get(tag, ((), ()))
+            if len(xs):
+                ax.plot(xs, ys, marker="." if len(xs) < 3 else None, lw=1.5, label=run.name)
+        ax.set_title(tag, fontsize=9)
+        ax.set_xlabel("tokens")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tags):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
 
 
 def smooth(values: np.ndarray, k: int) -> np.ndarray:

@@ -1,12 +1,20 @@
 """The LLaMA model family on megatron-core, with a configurable norm."""
 
 from megadyt.model.counting import ParameterCounts, count_parameters
-from megadyt.model.llama import LlamaModel, build_model, norm_parameter_names
+from megadyt.model.llama import (
+    LlamaModel,
+    build_model,
+    norm_display_name,
+    norm_modules,
+    norm_parameter_names,
+)
 
 __all__ = [
     "LlamaModel",
     "ParameterCounts",
     "build_model",
     "count_parameters",
+    "norm_display_name",
+    "norm_modules",
     "norm_parameter_names",
 ]

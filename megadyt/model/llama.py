@@ -51,7 +51,7 @@ def transformer_config(cfg: Config, perform_initialization: bool = True) -> Tran
         activation_func=F.silu,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        init_method_std=m.init_std,
+        init_method_std=m.resolved_init_std,
         tensor_model_parallel_size=p.tp,
         sequence_parallel=p.sp,
         params_dtype=torch.float32,  # DeepSpeed casts to bf16 where training in bf16
@@ -73,14 +73,14 @@ def norm_spec(model: ModelConfig, role: str) -> ModuleSpec:
     """The ModuleSpec that fills one norm slot; `role` is attention, ffn or final."""
     cls = NORM_CLASSES[model.norm]
     if model.norm == "rmsnorm":
-        return ModuleSpec(module=cls)
+        return ModuleSpec(module=cls, params={"role": role})
     alpha0 = getattr(
         resolve_alpha0(
             model.hidden_size, model.alpha0_attention, model.alpha0_ffn, model.alpha0_final
         ),
         role,
     )
-    params = {"alpha0": alpha0, "bias": model.norm_bias, "impl": model.norm_impl}
+    params = {"alpha0": alpha0, "bias": model.norm_bias, "impl": model.norm_impl, "role": role}
     if model.norm == "derf":
         params["shift0"] = model.derf_shift_init
     return ModuleSpec(module=cls, params=params)
@@ -153,6 +153,30 @@ class LlamaModel(GPTModel):
 def build_model(cfg: Config, perform_initialization: bool = True) -> LlamaModel:
     """Build the model for this rank's TP shard. Seed the generators first for reproducibility."""
     return LlamaModel(cfg, perform_initialization)
+
+
+def norm_display_name(module_name: str) -> str:
+    """'decoder.layers.3.pre_mlp_layernorm' -> 'layer3.ffn'; the final norm -> 'final'. The
+    one naming of norms in logs, metrics and calibration records."""
+    name = module_name.removeprefix("module.")
+    name = name.replace("decoder.layers.", "layer").replace("decoder.", "")
+    for megatron, ours in (
+        ("input_layernorm", "attention"),
+        ("pre_mlp_layernorm", "ffn"),
+        ("final_layernorm", "final"),
+    ):
+        name = name.replace(megatron, ours)
+    return name
+
+
+def norm_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(display name, module) of every norm, in forward order."""
+    norm_types = tuple(NORM_CLASSES.values())
+    return [
+        (norm_display_name(name), module)
+        for name, module in model.named_modules()
+        if isinstance(module, norm_types)
+    ]
 
 
 def norm_parameter_names(model: torch.nn.Module) -> list[str]:

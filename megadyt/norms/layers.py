@@ -2,8 +2,14 @@
 
 Each class has the constructor megatron-core's TransformerLayer/TransformerBlock use for norms,
 `(config, hidden_size, eps=..., **kwargs)`, so it plugs into a ModuleSpec. Extra arguments
-(`alpha0`, `shift0`, `bias`, `impl`) come through `ModuleSpec(params=...)`; `impl` picks the
-DyT/Derf implementation ("auto", "reference", "compiled", "triton"; see megadyt.norms.dispatch).
+(`alpha0`, `shift0`, `bias`, `impl`, `role`) come through `ModuleSpec(params=...)`; `impl` picks
+the DyT/Derf implementation ("auto", "reference", "compiled", "triton"; see
+megadyt.norms.dispatch), `role` is the slot ("attention", "ffn" or "final") that α calibration
+and the saturation monitor read.
+
+Saturation monitor: set `record_saturation = True` and the next forward stores
+`saturation_sums` of its input in `saturation` (then clears the flag). It is computed inside
+forward because that is where α is guaranteed whole (ZeRO-3 gathers it only around forward).
 
 Sequence parallelism: every TP rank holds the same γ/β/α/s but sees a different slice of the
 sequence, so each rank's gradient is partial. The parameters are routed through megatron-core's
@@ -16,12 +22,17 @@ layernorm all-reduce on these models: it would sum them a second time.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megadyt.norms.dispatch import validate_impl
 from megadyt.norms.functional import derf, dyt, rms_norm
+
+# |αx+s| above this counts as saturated: tanh′(2) = 0.07, erf′(2) = 0.02 (of 1 and 1.13 at 0).
+SATURATION_THRESHOLD = 2.0
 
 
 def mark_sequence_parallel(module: torch.nn.Module, enabled: bool) -> None:
@@ -37,8 +48,35 @@ def tp_summed(param: torch.Tensor | None, sequence_parallel: bool) -> torch.Tens
     return copy_to_tensor_model_parallel_region(param)
 
 
-class _ElementwiseNorm(torch.nn.Module):
+class _MonitoredNorm(torch.nn.Module):
+    """What every norm offers the saturation monitor: a role, and the sums of its input."""
+
+    squashing = False  # True for DyT/Derf: saturation and derivative are meaningful
+
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+        self.record_saturation = False
+        self.saturation: torch.Tensor | None = None
+
+    def saturation_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """float64 [elements, Σx², saturated elements, Σ f′(αx+s)] of this input; the monitor
+        adds them over ranks before dividing. The base (RMSNorm) has no squashing: zeros."""
+        x = x.detach().double()
+        zero = x.new_zeros(())
+        return torch.stack([x.new_tensor(float(x.numel())), (x * x).sum(), zero, zero])
+
+    def _maybe_record(self, x: torch.Tensor) -> None:
+        if self.record_saturation:
+            with torch.no_grad():
+                self.saturation = self.saturation_sums(x)
+            self.record_saturation = False
+
+
+class _ElementwiseNorm(_MonitoredNorm):
     """Shared parameters of DyT and Derf: α (scalar), γ (per channel), optional β."""
+
+    squashing = True
 
     def __init__(
         self,
@@ -47,8 +85,9 @@ class _ElementwiseNorm(torch.nn.Module):
         alpha0: float,
         bias: bool,
         impl: str = "auto",
+        role: str = "attention",
     ) -> None:
-        super().__init__()
+        super().__init__(role)
         dtype = config.params_dtype
         self.hidden_size = hidden_size
         self.alpha0 = alpha0
@@ -61,6 +100,21 @@ class _ElementwiseNorm(torch.nn.Module):
     def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         sp = self.sequence_parallel
         return tp_summed(self.alpha, sp), tp_summed(self.weight, sp), tp_summed(self.bias, sp)
+
+    def _preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """αx (+s for Derf) in float64, for the monitor only."""
+        return x * self.alpha.detach().double()
+
+    def _derivative(self, u: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def saturation_sums(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().double()
+        u = self._preactivation(x)
+        saturated = (u.abs() > SATURATION_THRESHOLD).sum().double()
+        return torch.stack(
+            [x.new_tensor(float(x.numel())), (x * x).sum(), saturated, self._derivative(u).sum()]
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -80,12 +134,17 @@ class DyT(_ElementwiseNorm):
         alpha0: float = 0.5,
         bias: bool = False,
         impl: str = "auto",
+        role: str = "attention",
         **kwargs,
     ) -> None:
-        super().__init__(config, hidden_size, alpha0, bias, impl)
+        super().__init__(config, hidden_size, alpha0, bias, impl, role)
         mark_sequence_parallel(self, self.sequence_parallel)
 
+    def _derivative(self, u: torch.Tensor) -> torch.Tensor:
+        return 1.0 - torch.tanh(u) ** 2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._maybe_record(x)
         alpha, weight, bias = self._params()
         return dyt(x, alpha, weight, bias, impl=self.impl)
 
@@ -102,23 +161,38 @@ class Derf(_ElementwiseNorm):
         shift0: float = 0.0,
         bias: bool = False,
         impl: str = "auto",
+        role: str = "attention",
         **kwargs,
     ) -> None:
-        super().__init__(config, hidden_size, alpha0, bias, impl)
+        super().__init__(config, hidden_size, alpha0, bias, impl, role)
         self.shift = torch.nn.Parameter(torch.full((1,), float(shift0), dtype=config.params_dtype))
         mark_sequence_parallel(self, self.sequence_parallel)
 
+    def _preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.alpha.detach().double() + self.shift.detach().double()
+
+    def _derivative(self, u: torch.Tensor) -> torch.Tensor:
+        return (2.0 / math.sqrt(math.pi)) * torch.exp(-u * u)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._maybe_record(x)
         alpha, weight, bias = self._params()
         shift = tp_summed(self.shift, self.sequence_parallel)
         return derf(x, alpha, shift, weight, bias, impl=self.impl)
 
 
-class RMSNorm(torch.nn.Module):
+class RMSNorm(_MonitoredNorm):
     """The RMSNorm baseline; unlike megatron-core's WrappedTorchNorm it supports SP."""
 
-    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **kwargs):
-        super().__init__()
+    def __init__(
+        self,
+        config: TransformerConfig,
+        hidden_size: int,
+        eps: float = 1e-5,
+        role: str = "attention",
+        **kwargs,
+    ):
+        super().__init__(role)
         self.hidden_size = hidden_size
         self.eps = eps
         self.sequence_parallel = bool(config.sequence_parallel)
@@ -126,6 +200,7 @@ class RMSNorm(torch.nn.Module):
         mark_sequence_parallel(self, self.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._maybe_record(x)
         return rms_norm(x, tp_summed(self.weight, self.sequence_parallel), self.eps)
 
     def extra_repr(self) -> str:

@@ -172,6 +172,13 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     return tag or None
 
 
+def has_checkpoint(ckpt_dir: Path) -> bool:
+    """Whether this run will resume (rank 0 looks, every rank gets the same answer)."""
+    answer = [latest_tag(ckpt_dir) is not None if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(answer, src=0)
+    return bool(answer[0])
+
+
 def verify_checkpoint(ckpt_dir: Path, tag: str) -> dict:
     """Check sizes and checksums against the manifest; raise naming the first bad file."""
     manifest_path = ckpt_dir / tag / MANIFEST
@@ -227,13 +234,18 @@ def choose_checkpoint(ckpt_dir: Path, fallback: bool) -> tuple[str | None, str |
 
 # How a model is computed, not what it is: free to change between save and resume.
 EXECUTION_ONLY_MODEL_KEYS = frozenset({"norm_impl", "attention_impl"})
+# How a fresh run chose its starting weights and α: a resume loads both from the checkpoint.
+INITIALIZATION_ONLY_MODEL_KEYS = frozenset(
+    {"init_std", "alpha_init", "alpha_calibration_attention", "alpha_calibration_other"}
+)
 
 
 def _check_same_model(ckpt_dir: Path, tag: str, saved: dict | None, model: dict | None) -> None:
     """A checkpoint of another model (e.g. DyT loaded into an RMSNorm config) is refused."""
     if not saved or not model:
         return
-    keys = sorted((set(saved) | set(model)) - EXECUTION_ONLY_MODEL_KEYS)
+    free = EXECUTION_ONLY_MODEL_KEYS | INITIALIZATION_ONLY_MODEL_KEYS
+    keys = sorted((set(saved) | set(model)) - free)
     differ = [k for k in keys if saved.get(k) != model.get(k)]
     if differ:
         details = ", ".join(

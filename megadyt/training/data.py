@@ -6,9 +6,21 @@ opens the same megatron-core GPTDataset blend.
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 
 from megadyt.config.schema import Config
+from megadyt.parallel.distributed import device
+
+
+def collate(dataset, indices) -> dict[str, torch.Tensor]:
+    """Stack samples `indices` of `dataset` into tokens/labels/loss_mask on this rank's device."""
+    samples = [dataset[i] for i in indices]
+    dev = device()
+    return {
+        key: torch.stack([torch.as_tensor(s[key]) for s in samples]).to(dev)
+        for key in ("tokens", "labels", "loss_mask")
+    }
 
 
 def build_train_valid(cfg: Config):

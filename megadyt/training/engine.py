@@ -93,3 +93,13 @@ def build_engine(cfg: Config, model: torch.nn.Module, norm_names: set[str]):
         engine.enable_backward_allreduce = parallel_state.get_data_parallel_world_size() > 1
     make_checkpoint_loads_safe(engine)
     return engine
+
+
+def whole_parameters(engine, params: list[torch.nn.Parameter]):
+    """Context in which `params` are whole on every rank, also under ZeRO-3 (which partitions
+    them until a forward gathers them); a collective under ZeRO-3, a no-op otherwise."""
+    import contextlib
+
+    if engine.zero_optimization_stage() != 3:
+        return contextlib.nullcontext()
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)

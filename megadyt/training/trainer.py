@@ -25,7 +25,7 @@ from megatron.core import parallel_state
 
 from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
-from megadyt.model import build_model, norm_parameter_names
+from megadyt.model import build_model, norm_modules, norm_parameter_names
 from megadyt.parallel.distributed import (
     device,
     init_distributed,
@@ -35,10 +35,23 @@ from megadyt.parallel.distributed import (
 from megadyt.parallel.mpu import MegatronMPU
 from megadyt.parallel.watchdog import diagnose_collective_failure, is_collective_failure
 from megadyt.training import checkpoint
-from megadyt.training.engine import build_engine, gradient_accumulation_steps, use_bf16
+from megadyt.training.calibrate import (
+    calibrate_model,
+    describe,
+    save_calibration,
+    wants_calibration,
+)
+from megadyt.training.data import collate
+from megadyt.training.engine import (
+    build_engine,
+    gradient_accumulation_steps,
+    use_bf16,
+    whole_parameters,
+)
 from megadyt.training.export import save_tp_shard
 from megadyt.training.metrics import MetricsLogger, flops_per_token, memory_gb, peak_tflops
 from megadyt.training.optim import lr_at
+from megadyt.training.saturation import SaturationMonitor
 from megadyt.training.spikes import Spike, SpikeDetector
 
 
@@ -77,15 +90,6 @@ def micro_batch_indices(step: int, micro: int, cfg: Config) -> range:
     mbs = cfg.train.micro_batch_size
     start = step * cfg.train.global_batch_size + (micro * dp + dp_rank) * mbs
     return range(start, start + mbs)
-
-
-def collate(dataset, indices) -> dict[str, torch.Tensor]:
-    samples = [dataset[i] for i in indices]
-    dev = device()
-    return {
-        key: torch.stack([torch.as_tensor(s[key]) for s in samples]).to(dev)
-        for key in ("tokens", "labels", "loss_mask")
-    }
 
 
 def loss_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -153,13 +157,23 @@ class Trainer:
         seed_everything(cfg.train.seed)
         model = build_model(cfg).to(device())
         self.norm_names = set(norm_parameter_names(model))
+        # α is calibrated on the plain model before DeepSpeed wraps it; never on a resume.
+        self.calibration = []
+        if wants_calibration(cfg) and not checkpoint.has_checkpoint(self.ckpt_dir):
+            self.calibration = calibrate_model(cfg, model, train_data)
         self.engine = build_engine(cfg, model, self.norm_names)
+        t = cfg.train
+        self.saturation = (
+            SaturationMonitor(self.engine.module, t.saturation_patience)
+            if t.saturation_monitor
+            else None
+        )
+        self.last_norm_stats: dict[str, float] = {}
         self.gas = gradient_accumulation_steps(cfg)
         self.flops_per_token = flops_per_token(cfg)
         self.peak_tflops = peak_tflops(cfg)
         self.skipped = 0
         self.consecutive_bad = 0
-        t = cfg.train
         self.spikes = SpikeDetector(t.spike_window, t.spike_threshold_std, t.spike_min_history)
         # Set by rollbacks, saved in every checkpoint: step k trains on global batch
         # k + data_offset, at lr_at(k) * lr_scale.
@@ -182,6 +196,9 @@ class Trainer:
         drop_spikes = self.cfg.train.spike_action in ("skip", "rollback")
         judge = self.cfg.train.spike_action != "off"
         losses, spikes, finite, grad_norm = [], [], True, None
+        sample_norms = self.saturation is not None and self._is_log_step(step + 1)
+        if sample_norms:  # the first micro-batch's forward records every norm's input
+            self.saturation.arm()
         for micro in range(self.gas):
             indices = micro_batch_indices(step + self.data_offset, micro, self.cfg)
             loss = loss_of(self.engine, collate(self.train_data, indices))
@@ -218,7 +235,14 @@ class Trainer:
             grad_norm = float("nan") if grad_norm is None else float(grad_norm)
         applied = finite and self.engine.skipped_steps == skipped_before
         applied = applied and math.isfinite(grad_norm) and not all_dropped
+        self.last_norm_stats = self.saturation.collect(device()) if sample_norms else {}
         return StepOutcome(_mean_over_dp(losses), grad_norm, applied, spikes)
+
+    def _is_log_step(self, step: int) -> bool:
+        """Whether 1-based `step` is logged (the loop's own condition, before `applied`)."""
+        t = self.cfg.train
+        stop_at = min(t.steps, t.exit_interval) if t.exit_interval else t.steps
+        return step % t.log_interval == 0 or step == stop_at
 
     def client_state(self, step: int) -> dict:
         """What a checkpoint needs besides weights and optimizer to continue exactly."""
@@ -295,23 +319,17 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def _norm_scalars(self) -> dict[str, float]:
+        """α and s of every DyT/Derf norm, and the embedding scalar (ZeRO-3 keeps such small
+        parameters whole on every rank)."""
         out = {}
+        for name, module in norm_modules(self.engine.module):
+            for kind in ("alpha", "shift"):
+                param = getattr(module, kind, None)
+                if param is not None:
+                    out[f"norm/{kind}/{name}"] = float(param.detach().float().reshape(-1)[0])
         for name, param in self.engine.module.named_parameters():
-            if name.endswith(("alpha", "shift")) or name.endswith("embedding_scale"):
-                short = (
-                    name.replace("decoder.layers.", "layer")
-                    .replace("decoder.", "")
-                    .replace("input_layernorm", "attention")
-                    .replace("pre_mlp_layernorm", "ffn")
-                    .replace("final_layernorm", "final")
-                    .replace("embedding.", "")
-                )
-                kind = name.rsplit(".", 1)[-1]
-                out[
-                    f"norm/{kind}/{short.rsplit('.', 1)[0]}"
-                    if kind != "embedding_scale"
-                    else "model/embedding_scale"
-                ] = float(param.detach().float().reshape(-1)[0])
+            if name.endswith("embedding_scale"):
+                out["model/embedding_scale"] = float(param.detach().float().reshape(-1)[0])
         return out
 
     def save(self, step: int) -> None:
@@ -336,6 +354,16 @@ class Trainer:
                     flush=True,
                 )
 
+    def _log_calibration(self, logger: MetricsLogger) -> None:
+        """Calibrated α: console line, run.dir/calibration.json and the step-0 scalars."""
+        if self.rank0:
+            path = save_calibration(self.run_dir, self.cfg, self.calibration)
+            logger.message(f"calibrated α ({path}): {describe(self.calibration)}")
+        small = [p for n, p in self.engine.module.named_parameters() if n in self.norm_names]
+        with whole_parameters(self.engine, small):
+            scalars = self._norm_scalars()  # what the engine holds, after any ZeRO partitioning
+        logger.log(0, {**scalars, "train/tokens": 0.0})
+
     def run(self) -> TrainResult:
         """Train to the configured end; a hung or dead peer becomes a one-line error naming it."""
         try:
@@ -354,6 +382,8 @@ class Trainer:
         logger = MetricsLogger(self.run_dir, self.rank0, t.steps, cfg.run.name or self.run_dir.name)
         if client:
             logger.message(f"resumed from {self.ckpt_dir / checkpoint.tag_for(first)}")
+        elif self.calibration:
+            self._log_calibration(logger)
         stop_at = min(t.steps, t.exit_interval) if t.exit_interval else t.steps
         losses: dict[int, float] = {}
         tokens_per_step = t.global_batch_size * cfg.model.seq_length
@@ -422,8 +452,12 @@ class Trainer:
                         "perf/memory_gb": memory_gb(),
                         "train/skipped_steps_total": float(self.skipped),
                         **self._norm_scalars(),
+                        **self.last_norm_stats,
                     }
                     logger.log(step, scalars)
+                    alert = self.saturation and self.saturation.alert(step, self.last_norm_stats)
+                    if alert:
+                        logger.event(step, "saturation_warning", {}, f"warning: {alert}")
                     logger.progress(step, loss, tps, step - first)
                     window_start, window_steps, paused = time.perf_counter(), 0, 0.0
                 pause_start = time.perf_counter()  # evaluation and saving are not throughput

@@ -1,0 +1,66 @@
+"""α calibration at the start of a fresh run (`model.alpha_init: calibrate`), and its record.
+
+Runs on the plain model, before DeepSpeed wraps it: every rank still holds its whole TP shard
+(no ZeRO-3 partitioning yet), so setting α is a plain write. The calibration batch is global
+samples 0 .. micro_batch_size-1 on every data-parallel rank, so the measured statistics do not
+depend on the parallel layout. A resumed run never gets here: its α comes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state
+
+from megadyt.config.schema import Config
+from megadyt.model import norm_modules
+from megadyt.norms.calibration import CalibratedAlpha, calibrate_alpha
+from megadyt.training.checkpoint import atomic_write_text
+from megadyt.training.data import collate
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def wants_calibration(cfg: Config) -> bool:
+    return cfg.model.alpha_init == "calibrate" and cfg.model.norm != "rmsnorm"
+
+
+def calibrate_model(cfg: Config, model: torch.nn.Module, train_data) -> list[CalibratedAlpha]:
+    """Set every DyT/Derf α of `model` from one forward pass over the calibration batch."""
+    m = cfg.model
+    batch = collate(train_data, range(cfg.train.micro_batch_size))
+
+    def constant_for_role(role: str) -> float:
+        if role == "attention":
+            return m.alpha_calibration_attention
+        return m.alpha_calibration_other
+
+    group = parallel_state.get_tensor_model_parallel_group() if cfg.parallel.sp else None
+    was_training = model.training
+    model.eval()
+    try:
+        return calibrate_alpha(
+            norm_modules(model), lambda: model(batch["tokens"]), constant_for_role, group
+        )
+    finally:
+        model.train(was_training)
+
+
+def save_calibration(run_dir: Path, cfg: Config, records: list[CalibratedAlpha]) -> Path:
+    """run.dir/calibration.json: the constants, the measured input std and α of every norm."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    payload = {
+        "samples": f"global samples 0..{cfg.train.micro_batch_size - 1}",
+        "alpha_calibration_attention": cfg.model.alpha_calibration_attention,
+        "alpha_calibration_other": cfg.model.alpha_calibration_other,
+        "norms": [r.to_dict() for r in records],
+    }
+    atomic_write_text(path, json.dumps(payload, indent=1))
+    return path
+
+
+def describe(records: list[CalibratedAlpha]) -> str:
+    """One log line: α per norm, e.g. 'layer0.attention 9.87, layer0.ffn 3.12, ...'."""
+    return ", ".join(f"{r.name} {r.alpha:g}" for r in records)

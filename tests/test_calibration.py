@@ -1,0 +1,181 @@
+"""α calibration (model.alpha_init=calibrate): α = c / std(input), set in forward order, the same
+on every parallel layout, stored with the run, and never redone on a resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from megatron.core.transformer.transformer_config import TransformerConfig
+from test_training import TokenSource
+
+from megadyt.errors import MegadytError
+from megadyt.norms import Derf, DyT
+from megadyt.norms.calibration import calibrate_alpha
+from megadyt.parallel.testing import run_distributed
+
+H = 16
+
+
+def _config() -> TransformerConfig:
+    return TransformerConfig(
+        num_layers=1, hidden_size=H, num_attention_heads=1, use_cpu_initialization=True
+    )
+
+
+def _std(x: torch.Tensor) -> float:
+    x = x.double()
+    return float(((x - x.mean()) ** 2).mean().sqrt())
+
+
+def _round3(value: float) -> float:
+    return float(f"{value:.3g}")
+
+
+def test_alpha_is_c_over_input_std_in_forward_order():
+    cfg = _config()
+    first = DyT(cfg, H, alpha0=8.0, role="attention")
+    second = Derf(cfg, H, alpha0=8.0, shift0=0.25, role="ffn")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, H, generator=g) * 0.37 + 0.1
+
+    def forward():
+        return second(5.0 * first(x))
+
+    records = calibrate_alpha(
+        [("a", first), ("b", second)], forward, {"attention": 2.0, "ffn": 0.5}.get
+    )
+    alpha_first = _round3(2.0 / _std(x))
+    # the second norm is measured downstream of the *calibrated* first one
+    alpha_second = _round3(0.5 / _std(5.0 * torch.tanh(alpha_first * x)))
+    assert float(first.alpha) == pytest.approx(alpha_first, rel=1e-6)
+    assert float(second.alpha) == pytest.approx(alpha_second, rel=1e-6)
+    assert alpha_second != pytest.approx(_round3(0.5 / _std(5.0 * torch.tanh(8.0 * x))))
+    assert float(second.shift) == 0.25  # Derf keeps its initial shift
+    assert [(r.name, r.role, r.constant, r.alpha) for r in records] == [
+        ("a", "attention", 2.0, pytest.approx(alpha_first)),
+        ("b", "ffn", 0.5, pytest.approx(alpha_second)),
+    ]
+    assert records[0].input_std == pytest.approx(_std(x), rel=1e-9)
+
+
+def test_constant_input_cannot_be_calibrated():
+    norm = DyT(_config(), H, alpha0=1.0)
+    with pytest.raises(MegadytError, match="alpha_init=rule"):
+        calibrate_alpha([("n", norm)], lambda: norm(torch.ones(2, H)), lambda role: 1.0)
+
+
+# ------------------------------------------------------------- layouts and resume, real trainer
+
+SMALL = [
+    "model.num_layers=2",
+    "model.hidden_size=64",
+    "model.num_attention_heads=4",
+    "model.num_query_groups=2",
+    "model.ffn_hidden_size=96",
+    "model.vocab_size=256",
+    "model.seq_length=32",
+    "model.alpha_init=calibrate",
+    "train.micro_batch_size=2",
+    "train.global_batch_size=8",
+    "train.lr=3e-3",
+    "train.log_interval=1",
+    "train.eval_interval=100",
+    "train.eval_iters=1",
+]
+
+
+def _train(overrides: list[str]):
+    from megatron.core import parallel_state
+
+    from megadyt.config import load_config
+    from megadyt.training.trainer import train
+
+    cfg = load_config(None, [*SMALL, *overrides])
+    data = (TokenSource(cfg.train.steps * 8, 32, 0), TokenSource(8, 32, 1))
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    return train(cfg, data).losses
+
+
+def _layouts(rank: int, world_size: int, layouts: list[list[str]]) -> None:
+    for overrides in layouts:
+        _train(overrides)
+
+
+def _alphas(run_dir: Path) -> tuple[list[tuple[str, float]], dict[str, float]]:
+    """(calibration.json's α per norm, the α the engine held at step 0 per the metrics)."""
+    calibration = json.loads((run_dir / "calibration.json").read_text())
+    step0 = [
+        r
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if r["step"] == 0
+    ]
+    assert len(step0) == 1, run_dir
+    logged = {k.removeprefix("norm/alpha/"): v for k, v in step0[0].items() if "/alpha/" in k}
+    return [(n["name"], n["alpha"]) for n in calibration["norms"]], logged
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("norm", ["dyt", "derf"])
+def test_every_layout_calibrates_to_identical_alpha(tmp_path, norm):
+    common = [f"model.norm={norm}", "train.steps=1", "train.save_interval=100"]
+    run_distributed(
+        _layouts,
+        world_size=1,
+        layouts=[[*common, f"run.dir={tmp_path}/tp1", "parallel.zero_stage=0"]],
+    )
+    run_distributed(
+        _layouts,
+        world_size=2,
+        layouts=[
+            [*common, f"run.dir={tmp_path}/dp2z1", "parallel.zero_stage=1"],
+            [*common, f"run.dir={tmp_path}/dp2z3", "parallel.zero_stage=3"],
+            [*common, f"run.dir={tmp_path}/tp2sp", "parallel.tp=2", "parallel.sp=true"],
+        ],
+    )
+    reference, logged = _alphas(tmp_path / "tp1")
+    names = [name for name, _ in reference]
+    assert names == ["layer0.attention", "layer0.ffn", "layer1.attention", "layer1.ffn", "final"]
+    # calibrated, not the width rule's α₀ (16 at width 64); attention gets about twice the others
+    assert all(0.1 < a < 10 for _, a in reference)
+    assert reference[0][1] > 1.5 * reference[1][1]
+    for layout in ("dp2z1", "dp2z3", "tp2sp"):
+        alphas, engine_alphas = _alphas(tmp_path / layout)
+        assert alphas == reference, layout  # bit-identical
+        # what the engine trained with (ZeRO-3 partitions after calibration) is that α
+        assert engine_alphas == pytest.approx(dict(alphas), rel=1e-7), layout
+
+
+def _resume(rank: int, world_size: int, run_dir: str) -> None:
+    _train(
+        [f"run.dir={run_dir}", "train.steps=4", "train.save_interval=2", "train.exit_interval=2"]
+    )
+    (Path(run_dir) / "calibration.json").rename(Path(run_dir) / "first-calibration.json")
+    # a resume with other calibration constants must keep the checkpointed α
+    _train(
+        [
+            f"run.dir={run_dir}",
+            "train.steps=4",
+            "train.save_interval=2",
+            "model.alpha_calibration_attention=20",
+        ]
+    )
+
+
+@pytest.mark.multiprocess
+def test_resumed_run_does_not_recalibrate(tmp_path):
+    run_distributed(_resume, world_size=1, run_dir=str(tmp_path))
+    assert not (tmp_path / "calibration.json").exists()  # nothing was calibrated again
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    key = "norm/alpha/layer0.attention"
+    alpha = {r["step"]: r[key] for r in records if key in r}
+    first = json.loads((tmp_path / "first-calibration.json").read_text())["norms"][0]["alpha"]
+    assert alpha[0] == pytest.approx(first)
+    assert sorted(alpha) == [0, 1, 2, 3, 4]
+    # continuity across the resume at step 2: an Adam step moves α by about lr, not by ×10
+    assert math.isclose(alpha[3], alpha[2], rel_tol=0.05)
+    assert alpha[3] < 5 * first  # recalibrating with c=20 instead of 2 would give about 10×

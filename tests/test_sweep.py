@@ -1,0 +1,153 @@
+"""`megadyt sweep`: a bad grid is a one-line error before anything trains; a real sweep (CLI
+processes on the built-in corpus) skips finished cells and resumes one that was killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from megadyt.cli.main import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "configs" / "tiny" / "dyt.yaml")
+
+
+@pytest.mark.parametrize(
+    "grid, culprit",
+    [
+        ("model.alpha0_atention=1,2", "model.alpha0_atention"),  # unknown key
+        ("model.alpha0_ffn=1,abc", "model.alpha0_ffn=abc"),  # not a number
+        ("model.alpha0_ffn=1,-2", "must be positive"),  # fails validation
+        ("model.alpha0_ffn", "section.key=v1,v2"),  # no values
+        ("model.alpha0_ffn=1,,2", "no empty ones"),
+        ("model.alpha0_ffn=1,1", "listed twice"),
+        ("alpha0_ffn=1,2", "section.key"),
+        ("train.seed=1,2", "--seeds"),
+        ("run.dir=a,b", "own run dir"),
+    ],
+)
+def test_bad_grid_is_one_line_exit_2(capsys, tmp_path, grid, culprit):
+    argv = ["sweep", "--config", TINY, "--grid", grid, "--output", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("megadyt: error:") and "\n" not in err, err
+    assert culprit in err, err
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_same_key_twice_and_bad_seeds(capsys, tmp_path):
+    out = str(tmp_path / "out")
+    grid = ["--grid", "model.alpha0_ffn=1", "--grid", "model.alpha0_ffn=2"]
+    assert main(["sweep", "--config", TINY, *grid, "--output", out]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert main(["sweep", "--config", TINY, "--seeds", "0", "--output", out]) == 2
+    assert "--seeds 0" in capsys.readouterr().err
+
+
+SMALL = [
+    "model.num_layers=2",
+    "model.hidden_size=64",
+    "model.ffn_hidden_size=96",
+    "model.seq_length=64",
+    "train.steps=300",
+    "train.micro_batch_size=4",
+    "train.global_batch_size=4",
+    "train.log_interval=10",
+    "train.eval_interval=300",
+    "train.eval_iters=1",
+    "train.save_interval=5",
+    "parallel.zero_stage=0",
+    f"data.cache_dir={ROOT / 'data_cache'}",
+]
+GRID = ["model.alpha_calibration_other=1,2", "model.alpha_calibration_attention=2"]
+
+
+def _sweep_command(output: Path) -> list[str]:
+    args = [a for s in SMALL for a in ("--set", s)] + [a for g in GRID for a in ("--grid", g)]
+    return [
+        sys.executable,
+        "-m",
+        "megadyt",
+        "sweep",
+        "--config",
+        TINY,
+        *args,
+        "--output",
+        str(output),
+    ]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _sweep(output: Path) -> str:
+    done = subprocess.run(
+        _sweep_command(output), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sweep_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
+    out = tmp_path / "sweep"
+    first = (
+        out / "model.alpha_calibration_other=1__model.alpha_calibration_attention=2" / "seed-2023"
+    )
+    second = (
+        out / "model.alpha_calibration_other=2__model.alpha_calibration_attention=2" / "seed-2023"
+    )
+    proc = subprocess.Popen(
+        _sweep_command(out),
+        cwd=ROOT,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (first / "checkpoints" / "latest").is_file():
+            assert proc.poll() is None, f"sweep exited early with {proc.returncode}"
+            assert time.monotonic() < deadline, "no checkpoint from the first cell"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its training child
+        proc.wait()
+    assert not (first / "result.json").exists()
+    killed_at = int((first / "checkpoints" / "latest").read_text().strip()[5:])
+    assert killed_at < 300
+
+    stdout = _sweep(out)
+    assert "[1/2]" in stdout and "already done" not in stdout
+    assert f"resumed from {first / 'checkpoints'}" in (first / "train.log").read_text()
+    results = {p: json.loads((p / "result.json").read_text()) for p in (first, second)}
+    for path, result in results.items():
+        assert result["status"] == "done" and result["valid_loss"] > 0, path
+        logged = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+        final = [r["valid/loss"] for r in logged if r["step"] == 300 and "valid/loss" in r]
+        assert final == [result["valid_loss"]], path  # the value the run itself logged
+
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [p["losses"] for p in summary["points"]] == [
+        [results[first]["valid_loss"]],
+        [results[second]["valid_loss"]],
+    ]
+    assert (out / "sweep.png").stat().st_size > 0 and (out / "sweep.md").is_file()
+
+    logs = {p: (p / "train.log").stat().st_mtime_ns for p in (first, second)}
+    again = _sweep(out)
+    assert again.count("(already done)") == 2
+    assert {p: (p / "train.log").stat().st_mtime_ns for p in (first, second)} == logs
