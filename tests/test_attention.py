@@ -95,4 +95,9 @@ def test_model_loss_and_grads_same_with_either_attention(distributed):
     torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=1e-6)
     assert grads.keys() == want_grads.keys()
     for name in grads:
-        torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        # float32 rounding scales with the gradient (embedding grads reach 4 at init 1/sqrt(d)):
+        # an absolute floor of 1e-5 of each tensor's largest entry, any bug is O(1) of it
+        scale = float(want_grads[name].abs().max())
+        torch.testing.assert_close(
+            grads[name], want_grads[name], rtol=1e-4, atol=max(1e-6, 1e-5 * scale), msg=name
+        )

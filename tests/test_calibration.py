@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
+from test_training import SMALL as TRAINING_SMALL
 from test_training import TokenSource
 
 from megadyt.errors import MegadytError
@@ -70,22 +71,8 @@ def test_constant_input_cannot_be_calibrated():
 
 # ------------------------------------------------------------- layouts and resume, real trainer
 
-SMALL = [
-    "model.num_layers=2",
-    "model.hidden_size=64",
-    "model.num_attention_heads=4",
-    "model.num_query_groups=2",
-    "model.ffn_hidden_size=96",
-    "model.vocab_size=256",
-    "model.seq_length=32",
-    "model.alpha_init=calibrate",
-    "train.micro_batch_size=2",
-    "train.global_batch_size=8",
-    "train.lr=3e-3",
-    "train.log_interval=1",
-    "train.eval_interval=100",
-    "train.eval_iters=1",
-]
+# test_training's small model (2 layers, width 64, GQA) with calibration and no evaluation
+SMALL = [*TRAINING_SMALL, "model.alpha_init=calibrate", "train.eval_interval=100"]
 
 
 def _train(overrides: list[str]):

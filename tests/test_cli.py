@@ -64,6 +64,17 @@ def test_text_output_lists_counts(capsys):
     assert "params_total" in out and "alpha0" in out and "width rule" in out
 
 
+def test_info_says_which_alpha_init_applies(capsys):
+    assert main(["info", "--config", TINY, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["alpha_init"] == {"mode": "calibrate", "attention": 2.0, "other": 1.0}
+    assert info["init_std"]["value"] == pytest.approx(128**-0.5)
+    assert main(["info", "--config", TINY, "--set", "model.alpha_init=rule"]) == 0
+    assert "rule: α starts at α₀" in capsys.readouterr().out
+    assert main(["info", "--config", TINY]) == 0
+    assert "α = 2/std(input) for attention norms" in capsys.readouterr().out
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "megadyt", *args],

@@ -280,3 +280,37 @@ def test_no_file_means_defaults():
 
 def test_merge_overrides_creates_sections():
     assert merge_overrides({}, ["train.steps=4"]) == {"train": {"steps": 4}}
+
+
+# ------------------------------------------------------------------ init and α calibration
+
+
+def test_init_std_auto_is_one_over_sqrt_width_and_a_number_overrides():
+    assert load_config(TINY).model.resolved_init_std == pytest.approx(128**-0.5)
+    cfg = load_config(TINY, ["model.init_std=0.02"])
+    assert cfg.model.init_std == 0.02 and cfg.model.resolved_init_std == 0.02
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("model.init_std=-0.1", "model.init_std must be positive or 'auto'"),
+        ("model.init_std=big", "model.init_std"),
+        ("model.alpha_init=guess", "model.alpha_init"),
+        ("model.alpha_calibration_attention=0", "model.alpha_calibration_attention must be"),
+        ("model.alpha_calibration_other=-1", "model.alpha_calibration_other must be"),
+        ("train.saturation_patience=0", "train.saturation_patience must be positive"),
+    ],
+)
+def test_bad_init_and_calibration_settings(override, needle):
+    assert needle in config_error([override])
+
+
+def test_presets_keep_the_paper_recipe_and_tiny_calibrates():
+    root = TINY.parents[1]
+    for path in sorted(root.glob("llama-*/*.yaml")):
+        m = load_config(path).model
+        assert (m.init_std, m.alpha_init) == (0.02, "rule"), path
+    for path in sorted([*root.glob("tiny/*.yaml"), *root.glob("small/*.yaml")]):
+        m = load_config(path).model
+        assert (m.init_std, m.alpha_init) == ("auto", "calibrate"), path

@@ -164,10 +164,13 @@ def test_rollback_skips_the_offending_data_lowers_lr_and_resumes_exactly(tmp_pat
     assert {r["step"] for r in spikes} == {SPIKE_BATCH + 1}
     assert len(rollbacks) == 1 and rollbacks[0]["step"] == 16  # the last checkpoint
     assert rollbacks[0]["spike/data_offset"] == SPIKE_BATCH + 1 - 16
-    # every sample is served once: batches 16 and 17 are not seen again after the rollback
+    # α calibration (model.alpha_init=calibrate) reads the first micro-batch once, before step 1
     served = straight["served"]
-    assert len(served) == len(set(served))
-    assert max(served) == (24 + SPIKE_BATCH + 1 - 16) * GLOBAL_BATCH - 1
+    assert served[:2] == [0, 1]
+    # then every sample is trained on once: batches 16 and 17 are not seen again after the rollback
+    trained = served[2:]
+    assert len(trained) == len(set(trained))
+    assert max(trained) == (24 + SPIKE_BATCH + 1 - 16) * GLOBAL_BATCH - 1
     # the LR after the rollback is halved; the run ends trained and finite
     cfg = _config([])
     lrs = {r["step"]: r["lr"] for r in records if "lr" in r}

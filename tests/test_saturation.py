@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
+from test_training import SMALL as TRAINING_SMALL
 from test_training import TokenSource
 
 from megadyt.norms import Derf, DyT, RMSNorm
@@ -84,17 +85,11 @@ def test_final_norm_alert_after_patience_once():
     assert monitor.alert(70, {}) is None  # RMSNorm: nothing to judge
 
 
+# test_training's small model, 4 steps of 4 sequences, every step logged
 SMALL = [
-    "model.num_layers=2",
-    "model.hidden_size=64",
-    "model.num_attention_heads=4",
-    "model.ffn_hidden_size=96",
-    "model.vocab_size=256",
-    "model.seq_length=32",
+    *TRAINING_SMALL,
     "train.steps=4",
-    "train.micro_batch_size=2",
     "train.global_batch_size=4",
-    "train.log_interval=1",
     "train.eval_interval=100",
     "train.save_interval=100",
     "train.saturation_patience=2",

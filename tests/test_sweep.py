@@ -51,6 +51,17 @@ def test_same_key_twice_and_bad_seeds(capsys, tmp_path):
     assert "--seeds 0" in capsys.readouterr().err
 
 
+def test_output_of_another_sweep_is_refused(capsys, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "spec.json").write_text(json.dumps({"config": "/elsewhere.yaml", "overrides": []}))
+    argv = ["sweep", "--config", TINY, "--grid", "model.alpha0_ffn=1", "--output", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds a sweep of /elsewhere.yaml" in err and "another --output" in err
+    assert sorted(p.name for p in out.iterdir()) == ["spec.json"]  # nothing trained
+
+
 SMALL = [
     "model.num_layers=2",
     "model.hidden_size=64",

@@ -146,6 +146,7 @@ def plot_metrics(runs: list[RunCurves], tags: list[str], output: str | Path) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     cols = min(3, len(tags))
     rows = -(-len(tags) // cols)
@@ -157,6 +158,7 @@ def plot_metrics(runs: list[RunCurves], tags: list[str], output: str | Path) -> 
                 ax.plot(xs, ys, marker="." if len(xs) < 3 else None, lw=1.5, label=run.name)
         ax.set_title(tag, fontsize=9)
         ax.set_xlabel("tokens")
+        ax.xaxis.set_major_formatter(EngFormatter())
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tags):]:
         ax.set_visible(False)

@@ -5,7 +5,7 @@ five widths and found it independent of depth. Between listed widths we interpol
 geometrically (linear in log width vs log α₀), since the table spans a factor of 20 in α₀.
 Below the narrowest row (1024) we extrapolate as α₀ ∝ 1/width from that row -- the slope of the
 table's own FFN column from 1024 to 2048 -- because clamping to the 1024 row was measured to make
-DyT 36% worse than RMSNorm at width 256 (shared/notes/alpha-at-small-width.md). Above the widest
+DyT 36% worse than RMSNorm at width 256 (docs/dyt-at-small-scale.md). Above the widest
 row (8192) we hold the 8192 values: the table gives no trend to extrapolate safely.
 """
 

@@ -1,7 +1,7 @@
 """CPU-only shims for megatron-core's CUDA assumptions. Never active when CUDA is present.
 
 megatron-core 0.16 assumes CUDA in three places that matter for running the tiny configs on a
-laptop or CI machine (see shared/notes/platform.md):
+laptop or CI machine (measured on megatron-core 0.16.1):
   1. `torch.cuda.current_device()` is used as an allocation device (rotary embeddings, the
      sequence-parallel gather/scatter buffers, GlobalMemoryBuffer);
   2. the tensor-parallel RNG tracker and activation recompute save and restore CUDA generator
