@@ -110,18 +110,23 @@ def heatmap(path: Path, axes: list[GridAxis], summaries: list[PointSummary], tit
         vmax=finite.max() if finite.size else None,
     )
     image.cmap.set_bad("lightgray")
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             value = grid[i, j]
-            label = "failed" if math.isnan(value) else f"{value:.3f}"
+            if math.isnan(value):
+                ax.text(j, i, "failed", ha="center", va="center", fontsize=9)
+                continue
+            # viridis_r is bright (yellow) for low losses: dark text there, light text elsewhere
+            bright = (value - low) / ((high - low) or 1.0) < 0.5
             ax.text(
                 j,
                 i,
-                label,
+                f"{value:.3f}",
                 ha="center",
                 va="center",
                 fontsize=9,
-                color="black" if math.isnan(value) else "white",
+                color="black" if bright else "white",
             )
     ax.set_xticks(range(len(cols.values)), cols.values)
     ax.set_yticks(range(len(rows.values)), rows.values)
