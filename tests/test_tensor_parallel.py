@@ -25,6 +25,10 @@ SMALL = [
     "model.ffn_hidden_size=96",
     "model.vocab_size=256",
     "model.seq_length=32",
+    # The tolerances below are absolute float32 rounding at the paper's init. At init 1/sqrt(d)
+    # gradients are ~10x larger (embedding grads up to 4) and so is the rounding of the TP
+    # split (up to 4e-5), while a parallel-path bug is O(1) either way.
+    "model.init_std=0.02",
 ]
 
 
