@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_sweep(
         args.config, args.overrides, parse_grid(args.grid), args.seeds, args.output, args.nproc
     )
-    print(f"sweep: {len(plan.cells())} run(s) under {plan.output}", flush=True)
+    print(f"sweep: {len(plan.cells)} run(s) under {plan.output}", flush=True)
     summaries, results = run_sweep(
         plan, args.retry_failed, echo=lambda line: print(line, flush=True)
     )

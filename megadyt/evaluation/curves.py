@@ -123,6 +123,17 @@ def load_run(run_dir: str | Path) -> RunCurves:
     )
 
 
+def _save(fig, output: str | Path) -> Path:
+    """Write the figure (creating its directory) and free it."""
+    import matplotlib.pyplot as plt
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
+
+
 def matching_metrics(runs: list[RunCurves], patterns: list[str]) -> list[str]:
     """Logged tags that match any of `patterns` (shell-style, e.g. 'norm/saturated/*') in any
     run, in the order first seen; an unmatched pattern is an error naming what exists."""
@@ -160,15 +171,11 @@ def plot_metrics(runs: list[RunCurves], tags: list[str], output: str | Path) -> 
         ax.set_xlabel("tokens")
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(tags):]:
+    for ax in list(axes.flat)[len(tags) :]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output
+    return _save(fig, output)
 
 
 def smooth(values: np.ndarray, k: int) -> np.ndarray:
@@ -262,8 +269,4 @@ def plot(runs: list[RunCurves], output: str | Path, k: int = 1) -> Path:
     bottom.grid(alpha=0.3)
     bottom.legend(fontsize=8)
     fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output
+    return _save(fig, output)

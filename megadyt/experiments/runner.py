@@ -18,6 +18,7 @@ from pathlib import Path
 
 from megadyt.errors import MegadytError
 from megadyt.training.checkpoint import atomic_write_text
+from megadyt.training.metrics import METRICS_FILE
 
 RESULT_FILE = "result.json"
 LOG_FILE = "train.log"
@@ -56,7 +57,7 @@ def train_command(config: str, overrides: list[str], nproc: int) -> list[str]:
 
 def final_valid_loss(run_dir: Path, steps: int) -> float | None:
     """The validation loss logged at step `steps` in run_dir/metrics.jsonl, if there is one."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
     loss = None

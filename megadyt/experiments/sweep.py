@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from megadyt.config import load_config
@@ -32,9 +32,11 @@ class SweepPlan:
     seeds: list[int]
     output: Path
     nproc: int = 1
+    # (assignment, seed, run dir, steps) of every cell, filled (and validated) by plan_sweep
+    cells: list[tuple[dict[str, str], int, Path, int]] = field(default_factory=list)
 
-    def cells(self) -> list[tuple[dict[str, str], int, Path, int]]:
-        """(assignment, seed, run dir, steps) of every cell; validates every cell's config."""
+    def _validated_cells(self) -> list[tuple[dict[str, str], int, Path, int]]:
+        """Every cell, each config loaded and validated once (one-line errors)."""
         out = []
         for assignment in assignments(self.axes):
             for seed in self.seeds:
@@ -61,7 +63,7 @@ def plan_sweep(
         Path(output),
         nproc,
     )
-    plan.cells()
+    plan.cells = plan._validated_cells()
     return plan
 
 
@@ -85,7 +87,7 @@ def run_sweep(
 ) -> tuple[list[report.PointSummary], list]:
     """Train the cells that have no result yet, then write sweep.json/.md (and .png)."""
     _check_spec(plan)
-    cells = plan.cells()
+    cells = plan.cells
     results: list[CellResult] = []
     for i, (assignment, seed, run_dir, steps) in enumerate(cells, 1):
         label = f"[{i}/{len(cells)}] {cell_name(assignment)} seed {seed}"

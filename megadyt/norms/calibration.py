@@ -71,7 +71,7 @@ def calibrate_alpha(
     records: list[CalibratedAlpha] = []
     handles = []
 
-    def hook_for(name: str, module: torch.nn.Module):
+    def hook_for(name: str):
         def hook(mod, args):
             sums = input_sums(args[0])
             if sequence_parallel_group is not None:
@@ -93,7 +93,7 @@ def calibrate_alpha(
     try:
         for name, module in norms:
             if hasattr(module, "alpha"):
-                handles.append(module.register_forward_pre_hook(hook_for(name, module)))
+                handles.append(module.register_forward_pre_hook(hook_for(name)))
         with torch.no_grad():
             run_forward()
     finally:

@@ -17,6 +17,8 @@ from megadyt.config.schema import Config
 from megadyt.model.counting import count_parameters
 
 # Dense bf16 peak FLOP/s per device, for MFU when train.peak_tflops is not set.
+METRICS_FILE = "metrics.jsonl"  # one JSON record per log step or event, in run.dir
+
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
@@ -71,7 +73,7 @@ class MetricsLogger:
 
             run_dir.mkdir(parents=True, exist_ok=True)
             self._writer = SummaryWriter(log_dir=str(run_dir / "tb"))
-            self._jsonl = open(run_dir / "metrics.jsonl", "a")
+            self._jsonl = open(run_dir / METRICS_FILE, "a")
             self._writer.add_text("run/name", run_name, 0)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:

@@ -238,11 +238,14 @@ class Trainer:
         self.last_norm_stats = self.saturation.collect(device()) if sample_norms else {}
         return StepOutcome(_mean_over_dp(losses), grad_norm, applied, spikes)
 
+    def _stop_at(self) -> int:
+        """The last step this invocation trains (train.exit_interval can stop it early)."""
+        t = self.cfg.train
+        return min(t.steps, t.exit_interval) if t.exit_interval else t.steps
+
     def _is_log_step(self, step: int) -> bool:
         """Whether 1-based `step` is logged (the loop's own condition, before `applied`)."""
-        t = self.cfg.train
-        stop_at = min(t.steps, t.exit_interval) if t.exit_interval else t.steps
-        return step % t.log_interval == 0 or step == stop_at
+        return step % self.cfg.train.log_interval == 0 or step == self._stop_at()
 
     def client_state(self, step: int) -> dict:
         """What a checkpoint needs besides weights and optimizer to continue exactly."""
@@ -384,7 +387,7 @@ class Trainer:
             logger.message(f"resumed from {self.ckpt_dir / checkpoint.tag_for(first)}")
         elif self.calibration:
             self._log_calibration(logger)
-        stop_at = min(t.steps, t.exit_interval) if t.exit_interval else t.steps
+        stop_at = self._stop_at()
         losses: dict[int, float] = {}
         tokens_per_step = t.global_batch_size * cfg.model.seq_length
         world = dist.get_world_size()
