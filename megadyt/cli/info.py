@@ -9,6 +9,7 @@ from megadyt.cli.main import add_config_arguments
 from megadyt.config import Config, load_config
 from megadyt.model.counting import count_parameters
 from megadyt.norms import resolve_alpha0
+from megadyt.norms.registry import has_embedding_scale, norm_entry
 
 HELP = "print model shape and exact parameter counts (no weights are allocated)"
 
@@ -40,7 +41,7 @@ def model_info(cfg: Config) -> dict:
         "micro_batch_size": cfg.train.micro_batch_size,
         "global_batch_size": cfg.train.global_batch_size,
         "tokens_per_step": cfg.train.global_batch_size * m.seq_length,
-        "embedding_scale": m.has_embedding_scale,
+        "embedding_scale": has_embedding_scale(m),
         "init_std": {
             "value": m.resolved_init_std,
             "source": "auto: 1/sqrt(hidden_size)" if m.init_std == "auto" else "config",
@@ -49,7 +50,7 @@ def model_info(cfg: Config) -> dict:
         "sp": cfg.parallel.sp,
         "zero_stage": cfg.parallel.zero_stage,
     }
-    if m.norm != "rmsnorm":
+    if norm_entry(m.norm).squashing:  # α₀ and its initialisation exist only for these
         alpha = resolve_alpha0(m.hidden_size, m.alpha0_attention, m.alpha0_ffn, m.alpha0_final)
         info["alpha0"] = {
             role: {"value": getattr(alpha, role), "source": alpha.sources[role]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megadyt.config.schema import ModelConfig
+from megadyt.norms.registry import has_embedding_scale, norm_entry
 
 
 @dataclass(frozen=True)
@@ -25,25 +26,20 @@ class ParameterCounts:
 
 
 def params_per_norm(model: ModelConfig) -> int:
-    d = model.hidden_size
-    if model.norm == "rmsnorm":
-        return d  # γ
-    count = d + 1  # γ, α
-    if model.norm == "derf":
-        count += 1  # s
-    if model.norm_bias:
-        count += d  # β
-    return count
+    """Parameters of one norm module (γ, and β/α/s where the norm has them), from its registry
+    entry; MegadytError for an unknown norm."""
+    return norm_entry(model.norm).params_per_norm(model)
 
 
 def count_parameters(model: ModelConfig) -> ParameterCounts:
+    """Every parameter of `build_model` for this config, by group."""
     d, L, V = model.hidden_size, model.num_layers, model.vocab_size
     head_dim = d // model.num_attention_heads
     q_width = model.num_attention_heads * head_dim
     kv_width = model.kv_heads * head_dim
     attention = L * (d * (q_width + 2 * kv_width) + q_width * d)
     mlp = L * (d * 2 * model.ffn_hidden_size + model.ffn_hidden_size * d)
-    norm = (2 * L + 1) * params_per_norm(model) + (1 if model.has_embedding_scale else 0)
+    norm = (2 * L + 1) * params_per_norm(model) + (1 if has_embedding_scale(model) else 0)
     embedding = output = V * d
     total = embedding + output + attention + mlp + norm
     return ParameterCounts(total, embedding, output, attention, mlp, norm)

@@ -22,7 +22,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megadyt.config.schema import Config, ModelConfig
 from megadyt.model.attention import SdpaDotProductAttention
-from megadyt.norms import NORM_CLASSES, resolve_alpha0, tp_summed
+from megadyt.norms import tp_summed
+from megadyt.norms.registry import entry_of, has_embedding_scale, norm_classes, norm_entry
 
 
 def transformer_config(cfg: Config, perform_initialization: bool = True) -> TransformerConfig:
@@ -71,19 +72,8 @@ def transformer_config(cfg: Config, perform_initialization: bool = True) -> Tran
 
 def norm_spec(model: ModelConfig, role: str) -> ModuleSpec:
     """The ModuleSpec that fills one norm slot; `role` is attention, ffn or final."""
-    cls = NORM_CLASSES[model.norm]
-    if model.norm == "rmsnorm":
-        return ModuleSpec(module=cls, params={"role": role})
-    alpha0 = getattr(
-        resolve_alpha0(
-            model.hidden_size, model.alpha0_attention, model.alpha0_ffn, model.alpha0_final
-        ),
-        role,
-    )
-    params = {"alpha0": alpha0, "bias": model.norm_bias, "impl": model.norm_impl, "role": role}
-    if model.norm == "derf":
-        params["shift0"] = model.derf_shift_init
-    return ModuleSpec(module=cls, params=params)
+    entry = norm_entry(model.norm)  # MegadytError for an unknown norm
+    return ModuleSpec(module=entry.cls, params=entry.spec_params(model, role))
 
 
 def block_spec(model: ModelConfig) -> TransformerBlockSubmodules:
@@ -118,8 +108,7 @@ class LlamaModel(GPTModel):
             position_embedding_type="rope",
             rotary_base=m.rotary_base,
         )
-        self.norm_name = m.norm
-        if m.has_embedding_scale:
+        if has_embedding_scale(m):
             # h0 = embed(tokens) * s, s initialised to sqrt(d); under SP each rank holds a slice
             # of the sequence, so s's gradient is summed over TP like the norm parameters'.
             scale = torch.nn.Parameter(torch.full((1,), math.sqrt(m.hidden_size)))
@@ -171,7 +160,7 @@ def norm_display_name(module_name: str) -> str:
 
 def norm_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """(display name, module) of every norm, in forward order."""
-    norm_types = tuple(NORM_CLASSES.values())
+    norm_types = norm_classes()
     return [
         (norm_display_name(name), module)
         for name, module in model.named_modules()
@@ -182,9 +171,27 @@ def norm_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 def norm_parameter_names(model: torch.nn.Module) -> list[str]:
     """Names of all norm parameters (γ, β, α, s) and the embedding scalar."""
     names = []
-    norm_types = tuple(NORM_CLASSES.values())
+    norm_types = norm_classes()
     for module_name, module in model.named_modules():
         if isinstance(module, norm_types):
             names += [f"{module_name}.{n}" for n, _ in module.named_parameters(recurse=False)]
     names += [n for n, _ in model.named_parameters() if n.endswith("embedding_scale")]
     return names
+
+
+def _scalar(param: torch.Tensor) -> float:
+    return float(param.detach().float().reshape(-1)[0])
+
+
+def norm_scalars(model: torch.nn.Module) -> dict[str, float]:
+    """{"norm/<scalar>/<norm>": value} for each norm's logged scalars (α, s: its registry
+    entry's `scalars`) and "model/embedding_scale" when the model has one -- what training logs
+    (ZeRO-3 keeps such small parameters whole on every rank)."""
+    out = {}
+    for name, module in norm_modules(model):
+        for scalar in entry_of(module).scalars:
+            out[f"norm/{scalar}/{name}"] = _scalar(getattr(module, scalar))
+    for name, param in model.named_parameters():
+        if name.endswith("embedding_scale"):
+            out["model/embedding_scale"] = _scalar(param)
+    return out

@@ -149,7 +149,9 @@ def run_fused(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Run a resolved fused impl ("compiled" or "triton"); autograd only when a grad is needed."""
+    """Run a resolved fused impl ("compiled" or "triton") of norm `kind`; autograd only when a
+    grad is needed. The backend looks `kind` up in the norm registry: an unknown name, or one
+    without fused kernels, raises MegadytError instead of running another norm's kernel."""
     backend = _backend(impl)
     inputs = (x, alpha, shift, weight, bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):

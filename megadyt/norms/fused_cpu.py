@@ -21,6 +21,7 @@ import math
 import types
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -158,6 +159,28 @@ def _run(key: tuple, body: Callable, x: torch.Tensor, *args):
 # ------------------------------------------------------------------------------ backend API
 
 
+@dataclass(frozen=True)
+class CpuBodies:
+    """One norm's eager bodies: forward(x, α, [s,] γ, β) -> y; backward_dx(dy, x, α, [s,] γ) ->
+    (dx, dα per row[, ds per row]); backward_cols(dy, x, α[, s]) -> (dγ, dβ). `s` is passed
+    only when the norm's registry entry says it has a shift."""
+
+    forward: Callable
+    backward_dx: Callable
+    backward_cols: Callable
+
+
+DYT = CpuBodies(_dyt_forward, _dyt_backward_dx, _dyt_backward_cols)
+DERF = CpuBodies(_derf_forward, _derf_backward_dx, _derf_backward_cols)
+
+
+def _kernels(kind: str):
+    # Imported here: the registry imports this module (through layers and dispatch).
+    from megadyt.norms.registry import fused_kernels
+
+    return fused_kernels(kind)  # MegadytError for an unknown norm or one without kernels
+
+
 def forward(
     kind: str,
     x: torch.Tensor,
@@ -166,13 +189,13 @@ def forward(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """y = γ·f(αx+s)+β for 2-D contiguous `x`, in x's dtype."""
+    """y = γ·f(αx+s)+β for 2-D contiguous `x`, in x's dtype; `kind` is a registered norm name."""
+    kernels = _kernels(kind)
     if bias is None:
         bias = torch.zeros_like(weight)
     key = (kind, "fwd", x.dtype, weight.dtype, bias.dtype)
-    if kind == "dyt":
-        return _run(key, _dyt_forward, x, x, alpha, weight, bias)
-    return _run(key, _derf_forward, x, x, alpha, shift, weight, bias)
+    scalars = (alpha, shift) if kernels.shift else (alpha,)
+    return _run(key, kernels.cpu.forward, x, x, *scalars, weight, bias)
 
 
 def backward(
@@ -184,12 +207,11 @@ def backward(
     weight: torch.Tensor,
 ) -> Grads:
     """(dx, dα, ds or None, dγ, dβ); dx in x's dtype, parameter grads in fp32."""
+    kernels = _kernels(kind)
     key_dx = (kind, "bwd_dx", x.dtype, dy.dtype, weight.dtype)
     key_cols = (kind, "bwd_cols", x.dtype, dy.dtype)
-    if kind == "dyt":
-        dx, da_rows = _run(key_dx, _dyt_backward_dx, x, dy, x, alpha, weight)
-        dw, db = _run(key_cols, _dyt_backward_cols, x, dy, x, alpha)
-        return dx, da_rows.sum().reshape(1), None, dw, db
-    dx, da_rows, ds_rows = _run(key_dx, _derf_backward_dx, x, dy, x, alpha, shift, weight)
-    dw, db = _run(key_cols, _derf_backward_cols, x, dy, x, alpha, shift)
-    return dx, da_rows.sum().reshape(1), ds_rows.sum().reshape(1), dw, db
+    scalars = (alpha, shift) if kernels.shift else (alpha,)
+    dx, da_rows, *ds_rows = _run(key_dx, kernels.cpu.backward_dx, x, dy, x, *scalars, weight)
+    dw, db = _run(key_cols, kernels.cpu.backward_cols, x, dy, x, *scalars)
+    ds = ds_rows[0].sum().reshape(1) if kernels.shift else None
+    return dx, da_rows.sum().reshape(1), ds, dw, db

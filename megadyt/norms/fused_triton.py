@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from megadyt.norms.registry import fused_kernels
+
 try:
     from triton.runtime.interpreter import InterpretedFunction
 except ImportError:  # pragma: no cover - very old or very new triton
@@ -141,7 +143,8 @@ def forward(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """y = γ·f(αx+s)+β for 2-D contiguous `x`, in x's dtype."""
+    """y = γ·f(αx+s)+β for 2-D contiguous `x`, in x's dtype; `kind` is a registered norm name."""
+    is_erf = fused_kernels(kind).triton_erf  # MegadytError for an unknown norm
     M, N = x.shape
     y = torch.empty_like(x)
     block_n = min(triton.next_power_of_2(N), 1024)
@@ -152,7 +155,7 @@ def forward(
         _fwd_kernel[grid](
             x, y, alpha, shift if shift is not None else alpha, weight,
             bias.contiguous() if bias is not None else weight, M, N,
-            IS_ERF=kind == "derf", HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+            IS_ERF=is_erf, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
         )  # fmt: skip
     return y
 
@@ -166,6 +169,8 @@ def backward(
     weight: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(dx, dα, ds or None, dγ, dβ); dx in x's dtype, parameter grads in fp32."""
+    kernels = fused_kernels(kind)  # MegadytError for an unknown norm
+    is_erf = kernels.triton_erf
     M, N = x.shape
     dx = torch.empty_like(x)
     block_n = min(triton.next_power_of_2(N), 256)
@@ -183,7 +188,7 @@ def backward(
         _bwd_kernel[(n_row, n_col)](
             dy, x, alpha, shift if shift is not None else alpha, weight.contiguous(), dx,
             dw_part, db_part, da_part, ds_part, M, N,
-            IS_ERF=kind == "derf", ROWS_PER_PROG=rows_per_prog, BLOCK_M=block_m, BLOCK_N=block_n,
+            IS_ERF=is_erf, ROWS_PER_PROG=rows_per_prog, BLOCK_M=block_m, BLOCK_N=block_n,
         )  # fmt: skip
-    ds = ds_part.sum().reshape(1) if kind == "derf" else None
+    ds = ds_part.sum().reshape(1) if kernels.shift else None
     return dx, da_part.sum().reshape(1), ds, dw_part.sum(0), db_part.sum(0)

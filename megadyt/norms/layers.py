@@ -35,6 +35,17 @@ from megadyt.norms.functional import derf, dyt, rms_norm
 SATURATION_THRESHOLD = 2.0
 
 
+def tanh_saturation(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(saturated count, Σ tanh′(u)) of the pre-activation u = αx: DyT's monitor statistic."""
+    return (u.abs() > SATURATION_THRESHOLD).sum().double(), (1.0 - torch.tanh(u) ** 2).sum()
+
+
+def erf_saturation(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(saturated count, Σ erf′(u)) of the pre-activation u = αx+s: Derf's monitor statistic."""
+    slope = (2.0 / math.sqrt(math.pi)) * torch.exp(-u * u)
+    return (u.abs() > SATURATION_THRESHOLD).sum().double(), slope.sum()
+
+
 def mark_sequence_parallel(module: torch.nn.Module, enabled: bool) -> None:
     """Tag the module's own parameters with megatron-core's `sequence_parallel` marker."""
     for param in module.parameters(recurse=False):
@@ -52,6 +63,8 @@ class _MonitoredNorm(torch.nn.Module):
     """What every norm offers the saturation monitor: a role, and the sums of its input."""
 
     squashing = False  # True for DyT/Derf: saturation and derivative are meaningful
+    # u -> (saturated count, Σ f′(u)) for squashing norms (see tanh_saturation); None otherwise.
+    saturation_stat = None
 
     def __init__(self, role: str) -> None:
         super().__init__()
@@ -105,16 +118,10 @@ class _ElementwiseNorm(_MonitoredNorm):
         """αx (+s for Derf) in float64, for the monitor only."""
         return x * self.alpha.detach().double()
 
-    def _derivative(self, u: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     def saturation_sums(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().double()
-        u = self._preactivation(x)
-        saturated = (u.abs() > SATURATION_THRESHOLD).sum().double()
-        return torch.stack(
-            [x.new_tensor(float(x.numel())), (x * x).sum(), saturated, self._derivative(u).sum()]
-        )
+        saturated, slope = self.saturation_stat(self._preactivation(x))
+        return torch.stack([x.new_tensor(float(x.numel())), (x * x).sum(), saturated, slope])
 
     def extra_repr(self) -> str:
         return (
@@ -125,6 +132,8 @@ class _ElementwiseNorm(_MonitoredNorm):
 
 class DyT(_ElementwiseNorm):
     """Dynamic Tanh, γ·tanh(αx)+β. `eps` is accepted for megatron-core and unused."""
+
+    saturation_stat = staticmethod(tanh_saturation)
 
     def __init__(
         self,
@@ -140,9 +149,6 @@ class DyT(_ElementwiseNorm):
         super().__init__(config, hidden_size, alpha0, bias, impl, role)
         mark_sequence_parallel(self, self.sequence_parallel)
 
-    def _derivative(self, u: torch.Tensor) -> torch.Tensor:
-        return 1.0 - torch.tanh(u) ** 2
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._maybe_record(x)
         alpha, weight, bias = self._params()
@@ -151,6 +157,8 @@ class DyT(_ElementwiseNorm):
 
 class Derf(_ElementwiseNorm):
     """Dynamic erf, γ·erf(αx+s)+β, with scalar α (init alpha0) and scalar s (init shift0)."""
+
+    saturation_stat = staticmethod(erf_saturation)
 
     def __init__(
         self,
@@ -170,9 +178,6 @@ class Derf(_ElementwiseNorm):
 
     def _preactivation(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.alpha.detach().double() + self.shift.detach().double()
-
-    def _derivative(self, u: torch.Tensor) -> torch.Tensor:
-        return (2.0 / math.sqrt(math.pi)) * torch.exp(-u * u)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._maybe_record(x)
