@@ -30,7 +30,7 @@ export NCCL_ASYNC_ERROR_HANDLING="${NCCL_ASYNC_ERROR_HANDLING:-1}"
 export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
 export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"  # megatron-core SP overlap
 
-run_dir="$("${PYTHON:-python}" -m megadyt.planning.launch run-dir --config "$config" "$@")"
+run_dir="$("${PYTHON:-python}" -m megadyt plan --print run_dir --config "$config" "$@")"
 mkdir -p "$run_dir/logs"
 log="$run_dir/logs/torchrun-$(date +%Y%m%d-%H%M%S).log"
 echo "megadyt: $NPROC process(es), run dir $run_dir, log $log" >&2

@@ -1,9 +1,9 @@
 """megadyt: pretraining normalization-free (DyT/Derf) LLaMA models on megatron-core + DeepSpeed."""
 
-import warnings
+from megadyt import warnings_filter
 
-# megatron-core warns at import time that optional GPU extensions (Apex, Transformer Engine) are
-# missing; megadyt uses its own norms and megatron-core's local spec, so the message is noise.
-warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).* not installed.*")
+# Known third-party warnings (megatron-core, torch) are silenced here, at import, before any of
+# those libraries is imported; the list and the reason for each is in megadyt/warnings_filter.py.
+warnings_filter.install()
 
 __version__ = "0.1.0"

@@ -42,11 +42,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True)
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand `argv` names (its first positional argument), if it is a known one."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (with `only`) one holding just that subcommand: each command module
+    is imported to build its arguments, and some import torch, so `megadyt plan --print
+    run_dir` in the launch scripts must not pay for the others."""
     parser = argparse.ArgumentParser(prog="megadyt", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         try:
             module = importlib.import_module(f"megadyt.cli.{module_name}")
         except ModuleNotFoundError as exc:
@@ -64,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(only=_command_in(argv)).parse_args(argv)
         return int(args.run(args) or 0)
     except MegadytError as exc:
         if debug:

@@ -85,15 +85,16 @@ def _report(plan, cfg) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megadyt.planning.plan import DoesNotFit, format_change, make_plan, suggest
-
     cfg = load_config(args.config, args.overrides)
+    # `--print` serves the launch scripts on a login node: answer before torch is imported.
     if args.print_field == "run_dir":
         print(Path(cfg.run.dir).resolve())
         return 0
     if args.print_field == "run_name":
         print(cfg.run.name or Path(cfg.run.dir).name)
         return 0
+    from megadyt.planning.plan import DoesNotFit, format_change, make_plan, suggest
+
     if args.nodes is None or args.gpus_per_node is None:
         raise MegadytError("megadyt plan needs --nodes N and --gpus-per-node G")
     kwargs = dict(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from megadyt.data.tokenizer import load_tokenizer, train_tokenizer
+from megadyt.data.spm import Tokenizer, train_tokenizer
 
 HELP = "train a LLaMA-style SentencePiece BPE tokenizer (byte fallback, split digits)"
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         character_coverage=args.character_coverage,
         num_threads=args.threads,
     )
-    tokenizer = load_tokenizer(path)
+    tokenizer = Tokenizer(path)
     print(
         f"wrote {path}: vocab {tokenizer.vocab_size}, bos={tokenizer.bos_id}, "
         f"eos={tokenizer.eos_id} in {time.perf_counter() - start:.1f} s"

@@ -1,4 +1,8 @@
-"""Typed configuration: dataclasses, YAML loading with `--set` overrides, validation."""
+"""Typed configuration: dataclasses, YAML loading with `--set` overrides, validation.
+
+Dependencies run one way: `schema` (the dataclasses) <- `validate` (cross-field checks) <-
+`loader` (YAML, `--set`, renamed keys; validates what it loads).
+"""
 
 from megadyt.config.loader import config_from_dict, load_config, merge_overrides, read_yaml
 from megadyt.config.schema import (
@@ -9,6 +13,7 @@ from megadyt.config.schema import (
     RunConfig,
     TrainConfig,
 )
+from megadyt.config.validate import validate_config
 
 __all__ = [
     "Config",
@@ -21,4 +26,5 @@ __all__ = [
     "load_config",
     "merge_overrides",
     "read_yaml",
+    "validate_config",
 ]

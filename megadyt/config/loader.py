@@ -6,8 +6,10 @@ value against the field's type, so a typo fails at start-up with the key's dotte
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -16,7 +18,15 @@ from typing import Any, Literal, Union
 import yaml
 
 from megadyt.config.schema import Config
+from megadyt.config.validate import validate_config
 from megadyt.errors import ConfigError
+
+# Renamed keys: old dotted name -> (new name, what it means). The old name is still read (YAML,
+# --set and stored configs) as exactly the new key; `load_config` prints one line per old key.
+RENAMED_KEYS: dict[str, tuple[str, str]] = {
+    # Ours is an absolute stop step; Megatron's option of the old name is periodic: it misled.
+    "train.exit_interval": ("train.stop_at_step", "the same absolute step"),
+}
 
 # YAML 1.1 (PyYAML) reads exponent floats without a dot, such as 1e-3, as strings.
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
@@ -113,9 +123,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def merge_overrides(data: dict, overrides: list[str]) -> dict:
+def rename_keys(data: dict, renamed: set[str] | None = None) -> dict:
+    """Move every old key of RENAMED_KEYS in `data` to its new name (in place); record the old
+    names found in `renamed`. Setting both names is refused: which one wins would be a guess."""
+    for old, (new, _) in RENAMED_KEYS.items():
+        (section, old_key), new_key = old.split("."), new.split(".")[1]
+        node = data.get(section)
+        if isinstance(node, dict) and old_key in node:
+            if new_key in node:
+                raise ConfigError(f"config sets both {old} and {new}; keep only {new}")
+            node[new_key] = node.pop(old_key)
+            if renamed is not None:
+                renamed.add(old)
+    return data
+
+
+def merge_overrides(data: dict, overrides: list[str], renamed: set[str] | None = None) -> dict:
+    """Apply `--set` texts to `data` in order (old key names are written to their new names and
+    recorded in `renamed`)."""
     for text in overrides:
         path, value = parse_override(text)
+        dotted = ".".join(path)
+        if dotted in RENAMED_KEYS:
+            path = RENAMED_KEYS[dotted][0].split(".")
+            if renamed is not None:
+                renamed.add(dotted)
         node = data
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -144,13 +176,19 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def config_from_dict(data: dict) -> Config:
-    return _build(Config, data, "")
+    """A Config from a nested dict (e.g. one stored with a checkpoint; old key names accepted
+    silently: the user cannot edit a stored config). Not validated."""
+    return _build(Config, rename_keys(copy.deepcopy(data)), "")
 
 
 def load_config(
     path: str | Path | None, overrides: list[str] | None = None, world_size: int | None = None
 ) -> Config:
     """Read YAML (or defaults when `path` is None), apply overrides, validate, return Config."""
-    data = read_yaml(path) if path is not None else {}
-    data = merge_overrides(data, list(overrides or []))
-    return config_from_dict(data).validate(world_size)
+    renamed: set[str] = set()
+    data = rename_keys(read_yaml(path), renamed) if path is not None else {}
+    data = merge_overrides(data, list(overrides or []), renamed)
+    for old in sorted(renamed):
+        new, meaning = RENAMED_KEYS[old]
+        print(f"megadyt: warning: {old} is deprecated; use {new} ({meaning})", file=sys.stderr)
+    return validate_config(config_from_dict(data), world_size)

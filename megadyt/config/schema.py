@@ -1,8 +1,9 @@
 """The one typed config tree of megadyt.
 
 Every command that takes `--config` loads a YAML file into `Config`, applies `--set` overrides,
-and calls `validate()` once at start-up; the rest of the code trusts the object. Precedence:
-`--set` > YAML file > the defaults written here. Each field's comment says what it means.
+and checks the result once at start-up (`megadyt.config.validate`); the rest of the code trusts
+the object. Precedence: `--set` > YAML file > the defaults written here. Each field's comment
+says what it means.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+# The names of megadyt.norms.registry (it checks at import that the two agree).
 NormName = Literal["rmsnorm", "dyt", "derf"]
 RecomputeName = Literal["none", "selective", "full"]
 PrecisionName = Literal["auto", "bf16", "fp32"]
@@ -74,12 +76,6 @@ class ModelConfig:
             return 1.0 / math.sqrt(self.hidden_size)
         return float(self.init_std)
 
-    @property
-    def has_embedding_scale(self) -> bool:
-        if self.embedding_scale == "auto":
-            return self.norm != "rmsnorm"
-        return self.embedding_scale == "on"
-
 
 @dataclass
 class ParallelConfig:
@@ -116,7 +112,10 @@ class TrainConfig:
     eval_interval: int = 50
     eval_iters: int = 4
     save_interval: int = 50
-    exit_interval: int | None = None  # stop cleanly (after a checkpoint) once this step is done
+    # Stop cleanly (after a checkpoint) once this absolute step is done, e.g. to end a job
+    # before its time limit; rerunning continues to train.steps. None: train to train.steps.
+    # Not Megatron's periodic `exit_interval` (the old name here, still read as an alias).
+    stop_at_step: int | None = None
     # Periodic zero-shot evaluation with lm-eval (e.g. ["offline"] or task names); empty: off.
     # Runs on every rank in lockstep (ZeRO-3 gathers need it) and needs parallel.tp == 1.
     zero_shot_tasks: list[str] = field(default_factory=list)
@@ -176,9 +175,3 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def validate(self, world_size: int | None = None) -> Config:
-        from megadyt.config.validate import validate_config
-
-        validate_config(self, world_size)
-        return self

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from megadyt.config.schema import Config
 from megadyt.errors import ConfigError
-
-if TYPE_CHECKING:
-    from megadyt.config.schema import Config
 
 
 def _require(condition: bool, message: str) -> None:
@@ -15,7 +11,26 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate_config(cfg: Config, world_size: int | None = None) -> None:
+def check_world_size(world_size: int, tp: int) -> None:
+    """The launch must hold whole tensor-parallel groups (config validation and
+    `init_distributed` both ask here)."""
+    _require(
+        world_size % tp == 0,
+        f"world size {world_size} is not divisible by parallel.tp ({tp}); "
+        "launch a multiple of tp processes",
+    )
+
+
+def check_data_weights(prefixes: list[str], weights: list[float] | None) -> None:
+    """One blend weight per dataset prefix, or none (config validation and `build_datasets`)."""
+    _require(
+        weights is None or len(weights) == len(prefixes),
+        f"data.weights has {len(weights or [])} entries but data.prefixes has {len(prefixes)}",
+    )
+
+
+def validate_config(cfg: Config, world_size: int | None = None) -> Config:
+    """Check `cfg` (and its layout on `world_size` ranks when given); return it unchanged."""
     m, p, t, d = cfg.model, cfg.parallel, cfg.train, cfg.data
     for key in (
         "num_layers",
@@ -121,8 +136,8 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         f"train.warmup_steps must be between 0 and train.steps ({t.steps}), got {t.warmup_steps}",
     )
     _require(
-        t.exit_interval is None or t.exit_interval > 0,
-        f"train.exit_interval must be positive, got {t.exit_interval}",
+        t.stop_at_step is None or t.stop_at_step > 0,
+        f"train.stop_at_step must be positive, got {t.stop_at_step}",
     )
     _require(
         t.global_batch_size % t.micro_batch_size == 0,
@@ -130,11 +145,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         f"train.micro_batch_size ({t.micro_batch_size})",
     )
     if world_size is not None:
-        _require(
-            world_size % p.tp == 0,
-            f"world size {world_size} is not divisible by parallel.tp ({p.tp}); "
-            "launch a multiple of tp processes",
-        )
+        check_world_size(world_size, p.tp)
         dp = world_size // p.tp
         _require(
             t.global_batch_size % (t.micro_batch_size * dp) == 0,
@@ -143,7 +154,5 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         )
 
     _require(len(d.prefixes) > 0, "data.prefixes must name at least one dataset")
-    _require(
-        d.weights is None or len(d.weights) == len(d.prefixes),
-        f"data.weights has {len(d.weights or [])} entries but data.prefixes has {len(d.prefixes)}",
-    )
+    check_data_weights(d.prefixes, d.weights)
+    return cfg

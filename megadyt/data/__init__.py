@@ -1,11 +1,14 @@
 """megadyt.data: tokenizers, Pile-format corpora, indexed datasets and the built-in corpus.
 
-- `tokenizer`: `load_tokenizer(spec, cache_dir)`, `train_tokenizer(...)` (SentencePiece).
+Modules, lowest first (each imports only those above it):
 - `pile`: reading Pile-format JSON lines (plain, .zst, .gz), text and `datasets` inputs.
+- `spm`: `Tokenizer` (a SentencePiece .model), `train_sentencepiece`, `train_tokenizer`.
 - `prepare`: `prepare_data(...)`, parallel tokenization into megatron-core PREFIX.bin/.idx.
-- `builtin`: the stdlib corpus built on first use; `resolve_data(data_cfg)`.
+- `builtin`: the stdlib corpus and tokenizer built on first use; `tokenizer_model_path(spec)`
+  (the one place a tokenizer spec is resolved) and `resolve_data(data_cfg)`.
+- `tokenizer`: `load_tokenizer(spec, cache_dir)`, a `.model` file or `builtin:stdlib`.
 - `datasets`: `build_datasets(cfg, tokenizer, num_samples)`, megatron-core's blended GPTDataset.
-- `atomic`: write-then-rename helpers shared by all of them.
+Outputs are written with `megadyt.atomic` (write to a temporary name, then rename).
 
 Submodules are imported on demand (megatron-core and torch are slow to import).
 """

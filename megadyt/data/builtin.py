@@ -28,7 +28,11 @@ import sysconfig
 import time
 from dataclasses import dataclass
 
-from megadyt.data.atomic import atomic_output, file_lock
+from megadyt.atomic import atomic_output, file_lock
+from megadyt.config.schema import DataConfig
+from megadyt.data.pile import iter_texts
+from megadyt.data.prepare import prepare_data
+from megadyt.data.spm import train_sentencepiece
 from megadyt.errors import MegadytError
 
 NAME = "stdlib"
@@ -53,6 +57,7 @@ SKIP_DIRS = {
     "config-3",
     "lib-dynload",
 }
+BUILTIN_PREFIX = "builtin:"
 SPECS = {
     "builtin:stdlib": "train",
     "builtin:stdlib-heldout": "heldout",
@@ -181,9 +186,6 @@ def builtin_tokenizer_path(spec: str, cache_dir: str) -> str:
         return path
     with file_lock(os.path.join(files.root, ".lock")):
         if not os.path.exists(path):
-            from megadyt.data.pile import iter_texts
-            from megadyt.data.tokenizer import train_sentencepiece
-
             start = time.perf_counter()
             _log(f"training the built-in tokenizer (vocab {VOCAB_SIZE}) on the stdlib corpus")
             train_sentencepiece(
@@ -191,6 +193,19 @@ def builtin_tokenizer_path(spec: str, cache_dir: str) -> str:
             )
             _log(f"built-in tokenizer written to {path} in {time.perf_counter() - start:.1f} s")
     return path
+
+
+def tokenizer_model_path(spec: str, cache_dir: str) -> str:
+    """The absolute `.model` path a tokenizer spec (data.tokenizer, --tokenizer) names: a file,
+    or `builtin:stdlib` (trained under `cache_dir` on first use). The one place specs resolve."""
+    if spec.startswith(BUILTIN_PREFIX):
+        return builtin_tokenizer_path(spec, cache_dir)
+    if not os.path.isfile(spec):
+        raise MegadytError(
+            f"data.tokenizer file {spec!r} not found; set it to a SentencePiece .model file "
+            "(e.g. LLaMA-2's tokenizer.model) or to builtin:stdlib"
+        )
+    return os.path.abspath(spec)
 
 
 def _file_hash(path: str) -> str:
@@ -210,8 +225,6 @@ def ensure_stdlib_dataset(cache_dir: str, tokenizer_path: str, part: str = "trai
         return prefix
     with file_lock(os.path.join(files.root, ".lock")):
         if not (os.path.exists(prefix + ".idx") and os.path.exists(prefix + ".bin")):
-            from megadyt.data.prepare import prepare_data
-
             source = files.train_jsonl if part == "train" else files.heldout_jsonl
             _log(f"tokenizing the stdlib {part} corpus into {prefix}")
             workers = max(1, min(4, len(os.sched_getaffinity(0))))
@@ -229,7 +242,7 @@ def check_prefix(prefix: str) -> None:
         )
 
 
-def resolve_data(data_cfg) -> tuple[list[str], str]:
+def resolve_data(data_cfg: DataConfig) -> tuple[list[str], str]:
     """(concrete dataset prefixes, concrete tokenizer .model path) for a `DataConfig`.
 
     `builtin:stdlib` (in `prefixes` or `tokenizer`) is built under `data_cfg.cache_dir` on first
@@ -237,19 +250,10 @@ def resolve_data(data_cfg) -> tuple[list[str], str]:
     rank 0 first, then (after a barrier) on every rank: the others only find complete files.
     """
     cache_dir = data_cfg.cache_dir
-    tokenizer = data_cfg.tokenizer
-    if tokenizer.startswith("builtin:"):
-        tokenizer_path = builtin_tokenizer_path(tokenizer, cache_dir)
-    else:
-        if not os.path.isfile(tokenizer):
-            raise MegadytError(
-                f"data.tokenizer file {tokenizer!r} not found; set it to a SentencePiece .model "
-                "file or to builtin:stdlib"
-            )
-        tokenizer_path = os.path.abspath(tokenizer)
+    tokenizer_path = tokenizer_model_path(data_cfg.tokenizer, cache_dir)
     prefixes = []
     for prefix in data_cfg.prefixes or ["builtin:stdlib"]:
-        if prefix.startswith("builtin:"):
+        if prefix.startswith(BUILTIN_PREFIX):
             if prefix not in SPECS:
                 raise MegadytError(
                     f"unknown built-in dataset {prefix!r} in data.prefixes; known: "

@@ -16,6 +16,10 @@ import os
 
 import numpy as np
 
+from megadyt.config.schema import Config
+from megadyt.config.validate import check_data_weights
+from megadyt.data.builtin import resolve_data
+from megadyt.data.spm import Tokenizer
 from megadyt.errors import MegadytError
 
 SCAN_TOKENS = 1 << 22  # tokens read from each end of a .bin to check ids against the vocab
@@ -28,7 +32,7 @@ class MegatronTokenizerAdapter:
     megatron-core never masks real tokens as padding.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self.vocab_size = int(tokenizer.vocab_size)
         self.eod = self.eos = int(tokenizer.eos_id)
@@ -75,7 +79,7 @@ def check_token_ids(prefix: str, limit: int, key: str) -> None:
         )
 
 
-def build_datasets(cfg, tokenizer, num_samples: tuple[int, int, int]):
+def build_datasets(cfg: Config, tokenizer: Tokenizer, num_samples: tuple[int, int, int]) -> tuple:
     """(train, valid, test) megatron-core datasets for `cfg` (call on every rank, after
     torch.distributed is initialised; rank 0 builds the index caches first).
 
@@ -87,8 +91,6 @@ def build_datasets(cfg, tokenizer, num_samples: tuple[int, int, int]):
     )
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-    from megadyt.data.builtin import resolve_data
-
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise MegadytError(
             f"the tokenizer's vocabulary ({tokenizer.vocab_size}, data.tokenizer="
@@ -97,10 +99,7 @@ def build_datasets(cfg, tokenizer, num_samples: tuple[int, int, int]):
         )
     prefixes, _ = resolve_data(cfg.data)  # cheap when already built: only checks files
     weights = cfg.data.weights
-    if weights is not None and len(weights) != len(prefixes):
-        raise MegadytError(
-            f"data.weights has {len(weights)} entries but data.prefixes has {len(prefixes)}"
-        )
+    check_data_weights(prefixes, weights)
     vocab_key = (
         f"the vocabulary size of data.tokenizer ({tokenizer.vocab_size}; model.vocab_size is "
         f"{cfg.model.vocab_size})"

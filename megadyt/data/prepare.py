@@ -25,9 +25,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import sentencepiece as spm
 
-from megadyt.data.atomic import remove_stale_temps, temp_path
+from megadyt.atomic import remove_stale_temps, temp_path
 from megadyt.data.pile import BadRecord, iter_raw_records, parse_record
+from megadyt.data.spm import Tokenizer
 from megadyt.errors import MegadytError
 
 CHUNK_RECORDS = 256
@@ -60,8 +62,6 @@ _WORKER: dict = {}
 
 
 def _init_worker(model_path: str) -> None:
-    import sentencepiece as spm
-
     sp = spm.SentencePieceProcessor(model_file=model_path)
     _WORKER["sp"] = sp
     _WORKER["eos"] = sp.eos_id()
@@ -173,8 +173,6 @@ def prepare_data(
     """Tokenize `inputs` (files, already expanded) into `output_prefix`.bin/.idx (or one
     prefix per Pile subset with `split_by_subset`) and return the counts."""
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
-
-    from megadyt.data.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(tokenizer_path)  # validates the model file in the main process
     dtype = DType.optimal_dtype(tokenizer.vocab_size)

@@ -21,14 +21,14 @@ Tasks:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from megadyt.data.atomic import atomic_output, file_lock
+from megadyt.atomic import atomic_output, file_lock
+from megadyt.data.builtin import ensure_stdlib_corpus
 
 VERSION = "v1"
 TASKS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "tasks"
@@ -60,8 +60,6 @@ def cache_dir() -> str:
 
 
 def _heldout_documents(cache: str) -> list[dict]:
-    from megadyt.data.builtin import ensure_stdlib_corpus
-
     files = ensure_stdlib_corpus(cache)
     with open(files.heldout_jsonl, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
@@ -155,9 +153,3 @@ def load_task_data(task: str, **_metadata):
     with open(build_task_data(task), encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
-
-
-def data_fingerprint(task: str) -> str:
-    """sha256 prefix of a task's data file (to tell results on different corpora apart)."""
-    with open(build_task_data(task), "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()[:12]

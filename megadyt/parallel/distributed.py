@@ -20,6 +20,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+from megadyt.config.validate import check_world_size
 from megadyt.errors import MegadytError
 from megadyt.parallel import cpu_shims, watchdog
 
@@ -141,11 +142,7 @@ def init_distributed(
         torch.cuda.set_device(env.local_rank)
     else:
         cpu_shims.install()
-    if env.world_size % tp:
-        raise MegadytError(
-            f"world size {env.world_size} is not divisible by parallel.tp ({tp}); "
-            "launch a multiple of tp processes"
-        )
+    check_world_size(env.world_size, tp)
     if env.launcher == "single":
         _SINGLE_PROCESS_VARIABLES.update(
             RANK="0",

@@ -2,9 +2,9 @@
 
 megatron-core tags every TP-split parameter with `tensor_model_parallel`, `partition_dim` and
 `partition_stride`; a weight is cut into tp×stride chunks along `partition_dim` and rank r owns
-chunks r, r+tp, ... (stride 2 is the SwiGLU fc1: [gate; up]). These two functions are the exact
-inverse of each other and of megatron-core's own CPU initialisation, so they serve checkpoint
-export (TP=n -> TP=1) and tests that start TP=2 from TP=1 weights.
+chunks r, r+tp, ... (stride 2 is the SwiGLU fc1: [gate; up]). `shard_tensor` and `merge_tensor`
+are the exact inverse of each other and of megatron-core's own CPU initialisation, so they serve
+checkpoint export (TP=n -> TP=1) and tests that start TP=2 from TP=1 weights.
 """
 
 from __future__ import annotations
@@ -43,15 +43,4 @@ def shard_state_dict(
     for name, split in tp_layout(model).items():
         tensor = full[name]
         out[name] = tensor.clone() if split is None else shard_tensor(tensor, *split, rank, tp)
-    return out
-
-
-def merge_state_dicts(
-    shards: list[dict[str, torch.Tensor]], model: torch.nn.Module
-) -> dict[str, torch.Tensor]:
-    """The full (TP=1) parameter dict from every TP rank's dict, in rank order."""
-    out = {}
-    for name, split in tp_layout(model).items():
-        parts = [s[name] for s in shards]
-        out[name] = parts[0].clone() if split is None else merge_tensor(parts, *split)
     return out

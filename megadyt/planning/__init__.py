@@ -1,8 +1,8 @@
 """Launch planning: per-device memory model, FLOPs and step time, and layout suggestions.
 
-Submodules: `memory` (the memory model), `plan` (make_plan, suggest), `launch` (config values
-for the launch scripts, importable without torch). Names below are loaded on first use so that
-`python -m megadyt.planning.launch` stays light.
+Submodules: `memory` (the memory model), `plan` (make_plan, suggest); the CLI is `megadyt plan`
+(whose `--print run_dir|run_name` gives the launch scripts config values without importing
+torch). Names below are loaded on first use, as `plan` imports torch through the model code.
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ import copy
 from dataclasses import dataclass, field
 
 from megadyt.config.schema import Config
+from megadyt.config.validate import validate_config
 from megadyt.errors import ConfigError, MegadytError
 from megadyt.model.counting import count_parameters
+from megadyt.model.flops import flops_per_token
 from megadyt.planning.memory import GB, MemoryBreakdown, memory_breakdown, params_per_rank
-from megadyt.training.metrics import flops_per_token
 
 PAPER_TOKEN_BUDGET = 200e9
 DEFAULT_PEAK_TFLOPS = 989.0  # H100 SXM dense bf16
@@ -65,7 +66,7 @@ def _valid_layout(cfg: Config, world: int, gpus_per_node: int) -> None:
             "parallelism must stay inside one node"
         )
     try:
-        cfg.validate(world_size=world)
+        validate_config(cfg, world_size=world)
     except ConfigError as exc:
         raise LayoutError(f"layout does not divide: {exc}") from None
 
@@ -92,7 +93,7 @@ def make_plan(
     bf16 = t.precision == "bf16" or (t.precision == "auto" and on_gpu)
     mem = memory_breakdown(cfg, dp, bf16=bf16, on_gpu=on_gpu)
     tokens_per_step = t.global_batch_size * m.seq_length
-    flops_step = flops_per_token(cfg) * tokens_per_step
+    flops_step = flops_per_token(cfg.model) * tokens_per_step
     peak = peak_tflops or t.peak_tflops or DEFAULT_PEAK_TFLOPS
     step_time = flops_step / (world * peak * 1e12 * mfu)
     return Plan(
