@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from megadyt.config import load_config  # noqa: E402
 from megadyt.config.schema import Config, ModelConfig  # noqa: E402
 from megadyt.model.counting import count_parameters  # noqa: E402
-from megadyt.training.metrics import flops_per_token, peak_tflops  # noqa: E402
+from megadyt.model.flops import flops_per_token  # noqa: E402
+from megadyt.training.hardware import peak_tflops  # noqa: E402
 from megadyt.training.optim import lr_at  # noqa: E402
 
 ATTENTION = "sdpa"
@@ -122,7 +123,7 @@ def train(cfg: Config, steps: int) -> dict:
         "seconds": seconds,
         "losses": losses,
         "tokens_per_step": t.global_batch_size * m.seq_length,
-        "flops_per_token": flops_per_token(cfg),
+        "flops_per_token": flops_per_token(cfg.model),
         "peak_tflops": peak,
         "threads": torch.get_num_threads(),
         "params": n_params,

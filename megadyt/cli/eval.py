@@ -2,7 +2,7 @@
 
 Suites: `paper15` (the paper's 15 tasks; needs the Hugging Face hub or its cache) and `offline`
 (tasks built from the held-out stdlib corpus, see evaluation/tasks). Prints a markdown table,
-writes JSON with --output, and with --run-dir also writes RUN_DIR/eval/step_NNNNNNN.json (read by
+writes JSON with --output, and with --run-dir also writes the run's eval/step_NNNNNNN.json (read by
 `megadyt compare`) and TensorBoard scalars eval/<task> and eval/average at the checkpoint's step.
 Exit code 0 when every task ran, 1 when some could not load (each is named with its reason).
 """
@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
 from megadyt.errors import MegadytError
+from megadyt.training.rundir import RunDir, checkpoint_step, resolve_checkpoint
 
 HELP = "evaluate a checkpoint on lm-eval tasks (suites: paper15, offline)"
-EVAL_DIR = "eval"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,23 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir",
         metavar="DIR",
-        help=f"also write DIR/{EVAL_DIR}/step_NNNNNNN.json and TensorBoard scalars under DIR/tb",
+        help="also write DIR/eval/step_NNNNNNN.json and TensorBoard scalars under DIR/tb",
     )
-
-
-def checkpoint_step(tag_dir: Path) -> int:
-    match = re.search(r"step_(\d+)", tag_dir.name)
-    return int(match.group(1)) if match else 0
-
-
-def eval_json_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / EVAL_DIR / f"step_{step:07d}.json"
-
-
-def latest_eval_json(run_dir: str | Path) -> Path | None:
-    """The eval results of the newest evaluated step in a run dir, if any."""
-    files = sorted((Path(run_dir) / EVAL_DIR).glob("step_*.json"))
-    return files[-1] if files else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,9 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from megadyt.evaluation.lm import MegadytLM
     from megadyt.evaluation.offline import using_cache_dir
     from megadyt.parallel.distributed import destroy_distributed
-    from megadyt.training.export import resolve_tag_dir
 
-    tag_dir = resolve_tag_dir(args.checkpoint)
+    tag_dir = resolve_checkpoint(args.checkpoint)
     step = checkpoint_step(tag_dir)
     names = expand_tasks(args.tasks)
     if args.limit is not None and args.limit < 1:
@@ -118,8 +101,9 @@ def run(args: argparse.Namespace) -> int:
         )
     targets = [Path(args.output)] if args.output else []
     if args.run_dir:
-        targets.append(eval_json_path(args.run_dir, step))
-        _log_tensorboard(Path(args.run_dir), step, report.scalars())
+        run_dir = RunDir(args.run_dir)
+        targets.append(run_dir.eval_json(step))
+        _log_tensorboard(run_dir, step, report.scalars())
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(payload, indent=2) + "\n")
@@ -127,10 +111,10 @@ def run(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
-def _log_tensorboard(run_dir: Path, step: int, scalars: dict[str, float]) -> None:
+def _log_tensorboard(run_dir: RunDir, step: int, scalars: dict[str, float]) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+    writer = SummaryWriter(log_dir=str(run_dir.tensorboard))
     try:
         for key, value in scalars.items():
             writer.add_scalar(key, value, step)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
 import yaml
+
+from megadyt.atomic import atomic_output, atomic_write_text
 
 HELP = "merge a checkpoint's TP shards into one TP=1 weights file (+ its config YAML)"
 
@@ -22,15 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megadyt.training.export import load_tp1_weights, resolve_tag_dir
+    from megadyt.training.rundir import resolve_checkpoint
+    from megadyt.training.weights import load_tp1_weights
 
     cfg, state = load_tp1_weights(args.checkpoint)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
-    out.with_suffix(".yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with atomic_output(out) as tmp:
+        torch.save(state, tmp)
+    atomic_write_text(out.with_suffix(".yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     total = sum(t.numel() for t in state.values())
-    print(f"exported {resolve_tag_dir(args.checkpoint)} -> {out} ({total:,} parameters, TP=1)")
+    print(f"exported {resolve_checkpoint(args.checkpoint)} -> {out} ({total:,} parameters, TP=1)")
     return 0

@@ -20,15 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from megadyt.evaluation.periodic import evaluate_model
     from megadyt.parallel.distributed import destroy_distributed
     from megadyt.training.trainer import train
 
     overrides = [*args.overrides, *(["train.resume_fallback=true"] if args.resume_fallback else [])]
     cfg = load_config(args.config, overrides)
     try:
-        result = train(cfg)
+        result = train(cfg, zero_shot=evaluate_model if cfg.train.zero_shot_tasks else None)
     finally:
         destroy_distributed()
     if result.last_step < cfg.train.steps:
-        print(f"stopped at step {result.last_step} (train.exit_interval); rerun to continue")
+        print(f"stopped at step {result.last_step} (train.stop_at_step); rerun to continue")
     return 0

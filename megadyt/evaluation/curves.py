@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from megadyt.errors import MegadytError
+from megadyt.training.rundir import RunDir
 
 TRAIN, VALID, TOKENS = "train/loss", "valid/loss", "train/tokens"
 
@@ -61,26 +62,17 @@ def read_scalars(tb_dir: Path) -> dict[str, dict[int, float]]:
     return out
 
 
-def _run_config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return {}
-    import yaml
-
-    return yaml.safe_load(path.read_text()) or {}
-
-
 def load_run(run_dir: str | Path) -> RunCurves:
-    run_dir = Path(run_dir)
-    tb = run_dir / "tb"
+    run = RunDir(run_dir)
+    run_dir, tb = run.root, run.tensorboard
     if not tb.is_dir():
         raise MegadytError(
-            f"{run_dir} has no tb/ directory: pass run dirs written by `megadyt train`"
+            f"{run_dir} has no {tb.name}/ directory: pass run dirs written by `megadyt train`"
         )
     scalars = read_scalars(tb)
     if TRAIN not in scalars and VALID not in scalars:
         raise MegadytError(f"{tb} has no {TRAIN} or {VALID} scalars")
-    cfg = _run_config(run_dir)
+    cfg = run.read_config()
     tokens_at = scalars.get(TOKENS, {})
     per_step = None
     try:
@@ -100,10 +92,8 @@ def load_run(run_dir: str | Path) -> RunCurves:
             ys.append(value)
         return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
-    from megadyt.cli.eval import latest_eval_json
-
     eval_average = eval_file = None
-    latest = latest_eval_json(run_dir)
+    latest = run.latest_eval_json()
     if latest is not None:
         try:
             eval_average = json.loads(latest.read_text()).get("average")

@@ -25,10 +25,14 @@ import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from megatron.core import parallel_state
 
 from megadyt.config import Config
 from megadyt.data.tokenizer import Tokenizer, load_tokenizer
 from megadyt.errors import MegadytError
+from megadyt.model.llama import build_model
+from megadyt.parallel.distributed import init_distributed, seed_everything
+from megadyt.training.weights import load_tp1_weights
 
 PAD_MULTIPLE = 16  # batch lengths are rounded up to this (fewer distinct causal-mask shapes)
 
@@ -48,12 +52,6 @@ def load_checkpoint_model(
 
     Initialises a single-process distributed state (TP=1) if none exists yet.
     """
-    from megatron.core import parallel_state
-
-    from megadyt.model.llama import build_model
-    from megadyt.parallel.distributed import init_distributed, seed_everything
-    from megadyt.training.export import load_tp1_weights
-
     cfg, state = load_tp1_weights(checkpoint)
     if not parallel_state.model_parallel_is_initialized():
         init_distributed(tp=1)

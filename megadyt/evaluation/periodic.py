@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 
 from megadyt.config import Config
+from megadyt.evaluation.harness import evaluate
+from megadyt.evaluation.lm import MegadytLM
+from megadyt.evaluation.offline import using_cache_dir
 
 
 def evaluate_model(
@@ -23,10 +26,6 @@ def evaluate_model(
     `tasks` holds suite or task names (e.g. ["offline"] or ["stdlib_nextline"]); tasks that cannot
     load are skipped (logged as warnings). The model must be TP=1 (full-vocabulary logits).
     """
-    from megadyt.evaluation.harness import evaluate
-    from megadyt.evaluation.lm import MegadytLM
-    from megadyt.evaluation.offline import using_cache_dir
-
     was_training = model.training
     try:
         lm = MegadytLM(model=model, cfg=cfg, batch_size=batch_size)

@@ -10,9 +10,9 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from megadyt.atomic import atomic_write_text
 from megadyt.experiments.grid import GridAxis
 from megadyt.experiments.runner import CellResult
-from megadyt.training.checkpoint import atomic_write_text
 
 
 @dataclass

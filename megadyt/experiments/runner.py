@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from megadyt.atomic import atomic_write_text
 from megadyt.errors import MegadytError
-from megadyt.training.checkpoint import atomic_write_text
-from megadyt.training.metrics import METRICS_FILE
+from megadyt.training.rundir import RunDir
 
 RESULT_FILE = "result.json"
 LOG_FILE = "train.log"
@@ -56,8 +56,8 @@ def train_command(config: str, overrides: list[str], nproc: int) -> list[str]:
 
 
 def final_valid_loss(run_dir: Path, steps: int) -> float | None:
-    """The validation loss logged at step `steps` in run_dir/metrics.jsonl, if there is one."""
-    path = run_dir / METRICS_FILE
+    """The validation loss logged at step `steps` in the run's metrics.jsonl, if there is one."""
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         return None
     loss = None

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megadyt.atomic import atomic_write_text
 from megadyt.config import load_config
 from megadyt.errors import MegadytError
 from megadyt.experiments import report
 from megadyt.experiments.grid import GridAxis, assignments, cell_config, cell_name
 from megadyt.experiments.runner import CellResult, run_cell
-from megadyt.training.checkpoint import atomic_write_text
 
 SPEC_FILE = "spec.json"
 

@@ -12,19 +12,21 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megadyt.atomic import atomic_write_text
 from megadyt.config.schema import Config
-from megadyt.model import norm_modules
+from megadyt.model import norm_modules, norm_scalars
 from megadyt.norms.calibration import CalibratedAlpha, calibrate_alpha
-from megadyt.training.checkpoint import atomic_write_text
+from megadyt.norms.registry import norm_entry
 from megadyt.training.data import collate
-
-CALIBRATION_FILE = "calibration.json"
+from megadyt.training.engine import whole_parameters
+from megadyt.training.rundir import RunDir
 
 
 def wants_calibration(cfg: Config) -> bool:
-    return cfg.model.alpha_init == "calibrate" and cfg.model.norm != "rmsnorm"
+    return cfg.model.alpha_init == "calibrate" and norm_entry(cfg.model.norm).squashing
 
 
 def calibrate_model(cfg: Config, model: torch.nn.Module, train_data) -> list[CalibratedAlpha]:
@@ -48,9 +50,9 @@ def calibrate_model(cfg: Config, model: torch.nn.Module, train_data) -> list[Cal
         model.train(was_training)
 
 
-def save_calibration(run_dir: Path, cfg: Config, records: list[CalibratedAlpha]) -> Path:
-    """run.dir/calibration.json: the constants, the measured input std and α of every norm."""
-    path = Path(run_dir) / CALIBRATION_FILE
+def save_calibration(run: RunDir, cfg: Config, records: list[CalibratedAlpha]) -> Path:
+    """The run's calibration.json: the constants, the measured input std and α of every norm."""
+    path = run.calibration
     payload = {
         "samples": f"global samples 0..{cfg.train.micro_batch_size - 1}",
         "alpha_calibration_attention": cfg.model.alpha_calibration_attention,
@@ -64,3 +66,15 @@ def save_calibration(run_dir: Path, cfg: Config, records: list[CalibratedAlpha])
 def describe(records: list[CalibratedAlpha]) -> str:
     """One log line: α per norm, e.g. 'layer0.attention 9.87, layer0.ffn 3.12, ...'."""
     return ", ".join(f"{r.name} {r.alpha:g}" for r in records)
+
+
+def log_calibration(engine, norm_names: set[str], cfg: Config, records, writer) -> None:
+    """Calibrated α: a console line, the run's calibration.json (rank 0) and the step-0 scalars
+    read back from the engine (after any ZeRO partitioning: gathered for the read)."""
+    if dist.get_rank() == 0:
+        path = save_calibration(RunDir(cfg.run.dir), cfg, records)
+        writer.message(f"calibrated α ({path}): {describe(records)}")
+    small = [p for n, p in engine.module.named_parameters() if n in norm_names]
+    with whole_parameters(engine, small):
+        scalars = norm_scalars(engine.module)
+    writer.log(0, {**scalars, "train/tokens": 0.0})

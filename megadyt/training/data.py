@@ -10,6 +10,9 @@ import torch
 import torch.distributed as dist
 
 from megadyt.config.schema import Config
+from megadyt.data.builtin import resolve_data
+from megadyt.data.datasets import build_datasets
+from megadyt.data.tokenizer import load_tokenizer
 from megadyt.parallel.distributed import device
 
 
@@ -24,10 +27,6 @@ def collate(dataset, indices) -> dict[str, torch.Tensor]:
 
 
 def build_train_valid(cfg: Config):
-    from megadyt.data.builtin import resolve_data
-    from megadyt.data.datasets import build_datasets
-    from megadyt.data.tokenizer import load_tokenizer
-
     if dist.get_rank() == 0:
         resolve_data(cfg.data)
     dist.barrier()

@@ -6,6 +6,8 @@ offload, bf16 and gradient clipping; megatron-core's TP groups reach it through 
 
 from __future__ import annotations
 
+import contextlib
+
 import deepspeed
 import torch
 from megatron.core import parallel_state
@@ -98,8 +100,6 @@ def build_engine(cfg: Config, model: torch.nn.Module, norm_names: set[str]):
 def whole_parameters(engine, params: list[torch.nn.Parameter]):
     """Context in which `params` are whole on every rank, also under ZeRO-3 (which partitions
     them until a forward gathers them); a collective under ZeRO-3, a no-op otherwise."""
-    import contextlib
-
     if engine.zero_optimization_stage() != 3:
         return contextlib.nullcontext()
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)

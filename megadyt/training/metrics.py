@@ -1,105 +1,63 @@
-"""What a run reports: TensorBoard under run.dir/tb, JSON lines in run.dir/metrics.jsonl, and a
-progress line on rank 0's console. Also the model-FLOPs count behind TFLOP/s and MFU."""
+"""What a run reports, and the one writer of it.
+
+`MetricsWriter` is the only code that writes a run's TensorBoard events and metrics.jsonl (rank 0;
+other ranks hold a disabled writer, so their consoles stay quiet). `MetricsProcessor` turns a
+window of steps into throughput figures: tokens/s, TFLOP/s per device, MFU and peak memory.
+"""
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
-import math
-import os
 import sys
 import time
-from pathlib import Path
-
-import torch
+from collections.abc import Callable, Iterator
 
 from megadyt.config.schema import Config
-from megadyt.model.counting import count_parameters
-
-# Dense bf16 peak FLOP/s per device, for MFU when train.peak_tflops is not set.
-METRICS_FILE = "metrics.jsonl"  # one JSON record per log step or event, in run.dir
-
-GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+from megadyt.model.flops import flops_per_token
+from megadyt.training.hardware import memory_gb, peak_tflops
+from megadyt.training.rundir import RunDir
 
 
-def flops_per_token(cfg: Config) -> float:
-    """Training FLOPs per token: 6 × matmul parameters + causal-agnostic attention 12·L·s·d."""
-    m = cfg.model
-    counts = count_parameters(m)
-    matmul_params = counts.attention + counts.mlp + counts.output
-    return 6.0 * matmul_params + 12.0 * m.num_layers * m.seq_length * m.hidden_size
+class MetricsWriter:
+    """TensorBoard under the run's tb/, one JSON record per line in metrics.jsonl, the console."""
 
-
-def peak_tflops(cfg: Config) -> float:
-    """Per-device peak: from config, the GPU's datasheet, or a quick CPU matmul measurement."""
-    if cfg.train.peak_tflops:
-        return cfg.train.peak_tflops
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        for key, value in GPU_PEAK_TFLOPS.items():
-            if key in name:
-                return value
-        return 100.0
-    return cpu_matmul_tflops(torch.get_num_threads())
-
-
-@functools.cache
-def cpu_matmul_tflops(threads: int, size: int = 768, trials: int = 5, reps: int = 3) -> float:
-    """This CPU's fp32 matmul TFLOP/s: the best of several short trials, since a shared machine
-    slows some of them (a single average made MFU exceed 100%). `threads` (torch's current
-    thread count) keys the cache: the figure depends on it."""
-    a = torch.randn(size, size)
-    a @ a
-    best = float("inf")
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ a
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 * reps / best / 1e12
-
-
-class MetricsLogger:
-    """Rank 0 writes; other ranks hold a disabled logger (quiet consoles)."""
-
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, run_name: str) -> None:
+    def __init__(self, run: RunDir, enabled: bool, total_steps: int, run_name: str) -> None:
         self.enabled = enabled
         self.total_steps = total_steps
         self._start = time.perf_counter()
         self._writer = None
         self._jsonl = None
         if enabled:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # slow import: rank 0 only
 
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(log_dir=str(run_dir / "tb"))
-            self._jsonl = open(run_dir / METRICS_FILE, "a")
+            run.root.mkdir(parents=True, exist_ok=True)
+            self._writer = SummaryWriter(log_dir=str(run.tensorboard))
+            self._jsonl = open(run.metrics, "a")
             self._writer.add_text("run/name", run_name, 0)
 
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        if not self.enabled:
-            return
+    def _write(self, step: int, scalars: dict[str, float], record: dict) -> None:
         for key, value in scalars.items():
             self._writer.add_scalar(key, value, step)
-        record = {
-            "step": step,
-            **{k.split("/", 1)[-1] if k.startswith("train/") else k: v for k, v in scalars.items()},
-        }
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         self._writer.flush()
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        """Scalars of one step; in metrics.jsonl the `train/` prefix is dropped."""
+        if not self.enabled:
+            return
+        short = {
+            k.split("/", 1)[-1] if k.startswith("train/") else k: v for k, v in scalars.items()
+        }
+        self._write(step, scalars, {"step": step, **short})
 
     def event(self, step: int, name: str, scalars: dict[str, float], detail: str) -> None:
         """A reliability event (spike, rollback, skipped step): TensorBoard scalars, one JSON
         line `{"step", "event", ..., "detail"}` and a console line."""
         if not self.enabled:
             return
-        for key, value in scalars.items():
-            self._writer.add_scalar(key, value, step)
-        record = {"step": step, "event": name, **scalars, "detail": detail}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        self._writer.flush()
+        self._write(step, scalars, {"step": step, "event": name, **scalars, "detail": detail})
         print(f"step {step}: {detail}", flush=True)
 
     def progress(self, step: int, loss: float, tokens_per_s: float, steps_done_here: int) -> None:
@@ -128,20 +86,46 @@ class MetricsLogger:
             self._jsonl.close()
 
 
-def memory_gb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    try:
-        import resource
+class MetricsProcessor:
+    """Throughput over the steps since the last log: time spent evaluating, saving or rolling
+    back is excluded (`paused`), so tokens/s and MFU describe training alone."""
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    except ImportError:  # pragma: no cover - non-Unix
-        return float("nan")
+    def __init__(
+        self, cfg: Config, world_size: int, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
+        self.flops_per_token = flops_per_token(cfg.model)
+        self.peak_tflops = peak_tflops(cfg)
+        self.world_size = world_size
+        self.clock = clock
+        self._restart_window()
 
+    def _restart_window(self) -> None:
+        self._window_start, self._window_steps, self._paused = self.clock(), 0, 0.0
 
-def is_finite(x: float) -> bool:
-    return math.isfinite(x)
+    def tokens_at(self, step: int) -> int:
+        return step * self.tokens_per_step
 
+    def step_done(self) -> None:
+        self._window_steps += 1
 
-def environ_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self._paused += self.clock() - start
+
+    def throughput(self) -> dict[str, float]:
+        """The window's figures; starts a new window."""
+        elapsed = self.clock() - self._window_start - self._paused
+        tokens_per_s = self.tokens_per_step * self._window_steps / elapsed
+        tflops = tokens_per_s * self.flops_per_token / 1e12 / self.world_size
+        self._restart_window()
+        return {
+            "train/tokens_per_s": tokens_per_s,
+            "perf/tflops_per_device": tflops,
+            "perf/mfu": tflops / self.peak_tflops,
+            "perf/memory_gb": memory_gb(),
+        }

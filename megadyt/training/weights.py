@@ -1,6 +1,7 @@
 """Weights a single device can load, whatever layout trained them.
 
-At each checkpoint the data-parallel rank 0 of every TP rank writes `weights/tp_rank_NN.pt`:
+At each checkpoint the data-parallel rank 0 of every TP rank writes its weights file (named by
+`RunDir`, under the step directory):
 its TP shard of every parameter (gathered from ZeRO-3 partitions first), the TP layout
 (partition dim and stride per parameter), and the run's config. `load_tp1_weights` merges the
 shards into a TP=1 state dict; files are plain tensors and loaded with `weights_only=True`.
@@ -8,18 +9,22 @@ shards into a TP=1 state dict; files are plain tensors and loaded with `weights_
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import deepspeed
 import torch
 from megatron.core import parallel_state
 
+from megadyt.atomic import atomic_output
 from megadyt.config import Config, config_from_dict
 from megadyt.errors import MegadytError
 from megadyt.parallel.tp_shards import merge_tensor, tp_layout
-
-WEIGHTS_DIR = "weights"
+from megadyt.training.rundir import (
+    WEIGHTS_DIR,
+    resolve_checkpoint,
+    weights_file,
+    weights_files,
+)
 
 
 def save_tp_shard(engine, cfg: Config, tag_dir: Path) -> None:
@@ -37,33 +42,15 @@ def save_tp_shard(engine, cfg: Config, tag_dir: Path) -> None:
             "tp": parallel_state.get_tensor_model_parallel_world_size(),
             "config": cfg.to_dict(),
         }
-    rank = parallel_state.get_tensor_model_parallel_rank()
-    out = tag_dir / WEIGHTS_DIR / f"tp_rank_{rank:02d}.pt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, out)
-
-
-def resolve_tag_dir(path: str | Path) -> Path:
-    """Accept a run dir, its checkpoints dir, or one step_* dir; return the step dir."""
-    path = Path(path)
-    for candidate in (path, path / "checkpoints"):
-        latest = candidate / "latest"
-        if latest.is_file():
-            return candidate / latest.read_text().strip()
-    if (path / WEIGHTS_DIR).is_dir():
-        return path
-    raise MegadytError(
-        f"no checkpoint found at {path}: pass a run dir, its checkpoints/ dir, "
-        "or a checkpoints/step_NNNNNNN dir"
-    )
+    out = weights_file(tag_dir, parallel_state.get_tensor_model_parallel_rank())
+    with atomic_output(out) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_tp1_weights(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
     """(the run's config with parallel.tp=1, sp off; the merged full state dict)."""
-    tag_dir = resolve_tag_dir(path)
-    files = sorted((tag_dir / WEIGHTS_DIR).glob("tp_rank_*.pt"))
+    tag_dir = resolve_checkpoint(path)
+    files = weights_files(tag_dir)
     if not files:
         raise MegadytError(f"checkpoint {tag_dir} has no {WEIGHTS_DIR}/tp_rank_*.pt files")
     shards = [torch.load(f, map_location="cpu", weights_only=True) for f in files]

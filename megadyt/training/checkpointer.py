@@ -1,0 +1,70 @@
+"""The checkpointer: when the loop saves, what goes into a checkpoint, and resuming from one.
+
+A checkpoint holds DeepSpeed's engine state, the caller's client state (step, data position,
+spike history), every rank's RNG and each TP shard's weights in a form one device can load
+(`training.weights`), all covered by the manifest. A failed save stops the run or, with
+`train.on_save_error=warn`, is reported and training goes on. After each published checkpoint
+the `after_publish` hook runs on every rank (where a retention policy plugs in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch.distributed as dist
+
+from megadyt.config.schema import Config
+from megadyt.training import checkpoint
+from megadyt.training.rundir import RunDir, tag_for
+from megadyt.training.weights import save_tp_shard
+
+# (the run, the step just published) -> None; called on every rank after a successful save.
+AfterPublish = Callable[[RunDir, int], None]
+
+
+class Checkpointer:
+    def __init__(
+        self, cfg: Config, engine, run: RunDir, after_publish: AfterPublish | None = None
+    ) -> None:
+        self.cfg, self.engine, self.run = cfg, engine, run
+        self.after_publish = after_publish
+        self.model_identity = cfg.to_dict()["model"]  # refused on resume if it differs
+
+    def is_due(self, step: int, stop_at: int) -> bool:
+        """Whether 1-based `step` ends on a save: every train.save_interval, and the last step."""
+        return step % self.cfg.train.save_interval == 0 or step == stop_at
+
+    def tag_dir(self, step: int) -> Path:
+        return self.run.tag_dir(tag_for(step))
+
+    def load(self) -> dict | None:
+        """The client state of the checkpoint `latest` names (verified first), or None."""
+        return checkpoint.load_checkpoint(
+            self.engine, self.run, self.cfg.train.resume_fallback, model=self.model_identity
+        )
+
+    def save(self, step: int, client_state: dict) -> bool:
+        """Save and publish a checkpoint of `step` (every rank). False when it failed and
+        train.on_save_error=warn let training go on; a failure raises otherwise."""
+        try:
+            checkpoint.save_checkpoint(
+                self.engine,
+                self.run,
+                step,
+                client_state,
+                before_publish=lambda tag_dir: save_tp_shard(self.engine, self.cfg, tag_dir),
+                model=self.model_identity,
+            )
+        except checkpoint.CheckpointSaveError as exc:
+            if self.cfg.train.on_save_error == "stop":
+                raise
+            if dist.get_rank() == 0:
+                print(
+                    f"megadyt: warning: {exc}; training continues (train.on_save_error=warn)",
+                    flush=True,
+                )
+            return False
+        if self.after_publish is not None:
+            self.after_publish(self.run, step)
+        return True

@@ -1,0 +1,170 @@
+"""The run directory: the one place that knows its layout. Everything else asks a `RunDir`.
+
+    RUN/config.yaml              the exact config the run used (rank 0, atomic)
+    RUN/calibration.json         calibrated α of a fresh DyT/Derf run
+    RUN/metrics.jsonl            one JSON record per log step or event
+    RUN/tb/                      TensorBoard events (training, and `megadyt eval --run-dir`)
+    RUN/eval/step_NNNNNNN.json   `megadyt eval --run-dir` results, read by `megadyt compare`
+    RUN/checkpoints/latest       the tag of the newest complete checkpoint, replaced atomically
+    RUN/checkpoints/step_NNNNNNN/
+        manifest.json            sizes and checksums; written last, so present = complete
+        rng_rankNNNNN.pt         every generator's state, one file per rank
+        weights/tp_rank_NN.pt    each TP shard of the weights, loadable on one device
+        ...                      DeepSpeed's model and optimizer files
+
+A `megadyt sweep` cell adds its own result.json, spec.json and train.log (megadyt.experiments).
+Changing a name or the tag format happens here; readers (resume, eval, export, compare, sweep)
+go through these methods, so nothing else spells a path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from megadyt.atomic import atomic_write_text
+from megadyt.errors import MegadytError
+
+CONFIG_FILE = "config.yaml"
+CALIBRATION_FILE = "calibration.json"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tb"
+EVAL_DIR = "eval"
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_FILE = "latest"
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_DIR = "weights"
+
+_TAG = re.compile(r"step_(\d{7,})")
+
+
+def tag_for(step: int) -> str:
+    """The checkpoint (and eval result) name of `step`: step_0000042."""
+    if step < 0:
+        raise ValueError(f"a step is never negative, got {step}")
+    return f"step_{step:07d}"
+
+
+def step_of(tag: str) -> int | None:
+    """The step a tag names (the inverse of `tag_for`); None when `tag` is not a step tag."""
+    match = _TAG.fullmatch(tag)
+    return int(match.group(1)) if match else None
+
+
+def rng_file(tag_dir: Path, rank: int) -> Path:
+    return Path(tag_dir) / f"rng_rank{rank:05d}.pt"
+
+
+def weights_file(tag_dir: Path, tp_rank: int) -> Path:
+    return Path(tag_dir) / WEIGHTS_DIR / f"tp_rank_{tp_rank:02d}.pt"
+
+
+def weights_files(tag_dir: Path) -> list[Path]:
+    """Every TP shard's weights file of one checkpoint, in TP rank order."""
+    return sorted((Path(tag_dir) / WEIGHTS_DIR).glob("tp_rank_*.pt"))
+
+
+def manifest_file(tag_dir: Path) -> Path:
+    return Path(tag_dir) / MANIFEST_FILE
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    # -- files of the run ----------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / CALIBRATION_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD_DIR
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS_DIR
+
+    def write_config(self, config: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config, yaml.safe_dump(config, sort_keys=False))
+
+    def read_config(self) -> dict:
+        """The run's config as a dict; {} when the run has none (e.g. not written by train)."""
+        if not self.config.is_file():
+            return {}
+        return yaml.safe_load(self.config.read_text()) or {}
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def tag_dir(self, tag: str) -> Path:
+        return self.checkpoints / tag
+
+    @property
+    def latest_file(self) -> Path:
+        return self.checkpoints / LATEST_FILE
+
+    def latest_tag(self) -> str | None:
+        path = self.latest_file
+        if not path.is_file():
+            return None
+        return path.read_text().strip() or None
+
+    def publish_latest(self, tag: str) -> None:
+        """Point `latest` at `tag` (atomic: readers see the old or the new tag)."""
+        atomic_write_text(self.latest_file, tag)
+
+    def complete_tags(self) -> list[str]:
+        """Tags of checkpoints that have a manifest, newest first."""
+        tags = [
+            p.name
+            for p in self.checkpoints.glob("step_*")
+            if step_of(p.name) is not None and manifest_file(p).is_file()
+        ]
+        return sorted(tags, key=lambda t: step_of(t) or 0, reverse=True)
+
+    # -- evaluation results --------------------------------------------------------------------
+    def eval_json(self, step: int) -> Path:
+        return self.root / EVAL_DIR / f"{tag_for(step)}.json"
+
+    def latest_eval_json(self) -> Path | None:
+        """The eval results of the newest evaluated step, if any."""
+        steps = {step_of(p.stem): p for p in (self.root / EVAL_DIR).glob("step_*.json")}
+        steps.pop(None, None)
+        return steps[max(steps)] if steps else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run dir, its checkpoints/ dir or one step dir -> that step dir (the latest for a run).
+
+    The one place user-given checkpoint paths are interpreted (eval, export, lm-eval's model)."""
+    path = Path(path)
+    for checkpoints in (path, path / CHECKPOINTS_DIR):
+        latest = checkpoints / LATEST_FILE
+        if latest.is_file() and latest.read_text().strip():
+            return checkpoints / latest.read_text().strip()
+    if (path / WEIGHTS_DIR).is_dir():
+        return path
+    raise MegadytError(
+        f"no checkpoint found at {path}: pass a run dir, its {CHECKPOINTS_DIR}/ dir, "
+        f"or a {CHECKPOINTS_DIR}/step_NNNNNNN dir"
+    )
+
+
+def checkpoint_step(tag_dir: Path) -> int:
+    """The step of a resolved checkpoint dir (0 for a dir not named by `tag_for`)."""
+    step = step_of(Path(tag_dir).name)
+    return 0 if step is None else step

@@ -1,0 +1,100 @@
+"""The run directory's layout has one owner: names, the step-tag format and its parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from megadyt.errors import MegadytError
+from megadyt.training.rundir import (
+    RunDir,
+    checkpoint_step,
+    resolve_checkpoint,
+    step_of,
+    tag_for,
+    weights_file,
+)
+
+
+@pytest.mark.parametrize("step", [0, 1, 9, 42, 999_999, 9_999_999, 10_000_000, 123_456_789])
+def test_step_tag_round_trip(step):
+    tag = tag_for(step)
+    assert step_of(tag) == step
+    assert len(tag) >= len("step_0000000")
+    # tags of up to 7 digits sort like their steps, so `ls` shows checkpoints in order
+    if step + 1 < 10_000_000:
+        assert (tag < tag_for(step + 1)) and tag.startswith("step_")
+
+
+@pytest.mark.parametrize(
+    "name", ["step_12", "step_", "latest", "step_0000012.json", "xstep_0000012", "step_-000001"]
+)
+def test_step_of_refuses_what_tag_for_never_writes(name):
+    assert step_of(name) is None
+
+
+def test_negative_step_has_no_tag():
+    with pytest.raises(ValueError):
+        tag_for(-1)
+
+
+def _checkpoint(run: RunDir, step: int, complete: bool = True):
+    tag_dir = run.tag_dir(tag_for(step))
+    weights_file(tag_dir, 0).parent.mkdir(parents=True)
+    weights_file(tag_dir, 0).write_bytes(b"w")
+    if complete:
+        (tag_dir / "manifest.json").write_text("{}")
+    return tag_dir
+
+
+def test_latest_is_published_and_read_back(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert run.latest_tag() is None
+    _checkpoint(run, 4)
+    run.publish_latest(tag_for(4))
+    assert run.latest_tag() == "step_0000004"
+    assert run.latest_file.read_text() == "step_0000004"
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["latest", "step_0000004"]
+
+
+def test_complete_tags_newest_first_and_only_with_a_manifest(tmp_path):
+    run = RunDir(tmp_path)
+    for step in (3, 12, 6):
+        _checkpoint(run, step)
+    _checkpoint(run, 9, complete=False)
+    (run.checkpoints / "step_junk").mkdir()
+    assert run.complete_tags() == [tag_for(12), tag_for(6), tag_for(3)]
+
+
+@pytest.mark.parametrize("given", ["run", "checkpoints", "step"])
+def test_resolve_checkpoint_accepts_run_checkpoints_or_step_dir(tmp_path, given):
+    run = RunDir(tmp_path / "run")
+    _checkpoint(run, 3)
+    newest = _checkpoint(run, 6)
+    run.publish_latest(tag_for(6))
+    path = {"run": run.root, "checkpoints": run.checkpoints, "step": newest}[given]
+    assert resolve_checkpoint(path) == newest
+    assert checkpoint_step(resolve_checkpoint(path)) == 6
+
+
+def test_resolve_checkpoint_names_the_path_when_there_is_none(tmp_path):
+    with pytest.raises(MegadytError, match=str(tmp_path)):
+        resolve_checkpoint(tmp_path)
+
+
+def test_latest_eval_json_is_the_highest_step_not_the_last_name(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.latest_eval_json() is None
+    for step in (0, 8, 10_000_000, 30):
+        run.eval_json(step).parent.mkdir(exist_ok=True)
+        run.eval_json(step).write_text("{}")
+    (run.eval_json(0).parent / "step_notes.json").write_text("{}")
+    assert run.latest_eval_json() == run.eval_json(10_000_000)
+
+
+def test_config_copy_round_trips(tmp_path):
+    run = RunDir(tmp_path / "new")
+    assert run.read_config() == {}
+    config = {"model": {"norm": "dyt", "hidden_size": 128}, "train": {"lr": 0.003}}
+    run.write_config(config)
+    assert run.read_config() == config
+    assert not list(run.root.glob("*.tmp*"))  # written atomically, nothing left beside it
