@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import CONFIGS
 
 from megadyt.config import load_config
 from megadyt.model import build_model
 from megadyt.norms import Derf, DyT, alpha0_for_width, resolve_alpha0
 from megadyt.parallel.distributed import destroy_distributed, init_distributed, seed_everything
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # Paper Tables 10 and 11 (paper-facts.md): width -> (α₀ attention, α₀ FFN and final).
 PAPER_TABLE = {

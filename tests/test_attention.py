@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SMALL_TRAINING  # 2 layers, width 64, 4 heads (later --set values win)
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
-from test_training import SMALL  # 2 layers, width 64, 4 heads (later --set values win)
 
 from megadyt.config import load_config
 from megadyt.model import build_model
@@ -29,7 +29,7 @@ def distributed():
 
 
 def _pair(groups: int):
-    cfg = load_config(None, [*SMALL, f"model.num_query_groups={groups}"])
+    cfg = load_config(None, [*SMALL_TRAINING, f"model.num_query_groups={groups}"])
     tc = transformer_config(cfg)
     kwargs = {"layer_number": 1, "attn_mask_type": AttnMaskType.causal, "attention_type": "self"}
     return SdpaDotProductAttention(tc, **kwargs), DotProductAttention(tc, **kwargs)
@@ -79,7 +79,8 @@ def test_query_shorter_than_keys_goes_to_megatron(distributed):
 
 def _loss_and_grads(attention_impl: str, tokens: torch.Tensor):
     cfg = load_config(
-        None, [*SMALL, "model.num_query_groups=2", f"model.attention_impl={attention_impl}"]
+        None,
+        [*SMALL_TRAINING, "model.num_query_groups=2", f"model.attention_impl={attention_impl}"],
     )
     seed_everything(3)
     model = build_model(cfg)

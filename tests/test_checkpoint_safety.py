@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from test_training import _train
+from conftest import train_small
 
 from megadyt.parallel.testing import run_distributed
 
@@ -35,7 +35,7 @@ def _run(rank: int, world_size: int, overrides: list[str], fail_save_of: str | N
 
         torch.save = full_disk_save
     try:
-        result = _train([*SAVE_EVERY_3, *overrides])
+        result = train_small([*SAVE_EVERY_3, *overrides])
         return {"first": result.first_step, "losses": result.losses}
     except MegadytError as exc:
         return {"error": str(exc), "type": type(exc).__name__}

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
+from conftest import TINY as TINY_YAML
 
 from megadyt.cli.main import main
 from megadyt.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny" / "dyt.yaml")
+TINY = str(TINY_YAML)
 
 BAD_CASES = {
     "missing-file": (["--config", str(ROOT / "configs" / "nope.yaml")], "nope.yaml"),

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from test_eval import REPO, clean_env, train_tiny
+from conftest import ROOT, clean_env, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_compare_writes_png_and_a_table_matching_the_event_files(runs, tmp_path)
             "--smooth",
             "2",
         ],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -96,7 +96,7 @@ def test_alignment_by_tokens_and_smoothing():
 def test_compare_errors_on_a_dir_without_logs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "megadyt", "compare", str(tmp_path)],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
-from megadyt.config import Config, load_config, merge_overrides
+from megadyt.config import Config, config_from_dict, load_config, merge_overrides
 from megadyt.config.loader import parse_override
 from megadyt.errors import ConfigError, MegadytError
-
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "dyt.yaml"
+from megadyt.norms.registry import has_embedding_scale
 
 
 def config_error(overrides: list[str], path: Path | None = TINY, world_size=None) -> str:
@@ -162,8 +162,8 @@ def test_global_batch_not_divisible_by_micro_times_dp():
         ("data.prefixes=[a, b]", ["data", "prefixes"], ["a", "b"]),
         ("data.weights=[1, 2.5]", ["data", "weights"], [1, 2.5]),
         ("run.name=x=y", ["run", "name"], "x=y"),  # only the first '=' splits
-        ("train.exit_interval=", ["train", "exit_interval"], None),
-        ("train.exit_interval=null", ["train", "exit_interval"], None),
+        ("train.stop_at_step=", ["train", "stop_at_step"], None),
+        ("train.stop_at_step=null", ["train", "stop_at_step"], None),
     ],
 )
 def test_parse_override_values(text, path, value):
@@ -208,7 +208,7 @@ def test_on_off_literal_survives_yaml_booleans(text, value):
 def test_on_off_literal_in_yaml_file(tmp_path):
     path = write(tmp_path, "model:\n  embedding_scale: off\n")
     cfg = load_config(path)
-    assert cfg.model.embedding_scale == "off" and not cfg.model.has_embedding_scale
+    assert cfg.model.embedding_scale == "off" and not has_embedding_scale(cfg.model)
 
 
 def test_int_float_coercion_is_exact():
@@ -280,6 +280,35 @@ def test_no_file_means_defaults():
 
 def test_merge_overrides_creates_sections():
     assert merge_overrides({}, ["train.steps=4"]) == {"train": {"steps": 4}}
+
+
+# ------------------------------------------------------------------ renamed keys
+
+DEPRECATED = (
+    "megadyt: warning: train.exit_interval is deprecated; use train.stop_at_step "
+    "(the same absolute step)\n"
+)
+
+
+def test_exit_interval_is_a_deprecated_alias_of_stop_at_step(tmp_path, capsys):
+    assert load_config(TINY, ["train.stop_at_step=5"]).train.stop_at_step == 5
+    assert capsys.readouterr().err == ""  # the new name: no warning
+    assert load_config(TINY, ["train.exit_interval=5"]).train.stop_at_step == 5
+    assert capsys.readouterr().err == DEPRECATED  # --set: one line
+    path = write(tmp_path, "train:\n  exit_interval: 6\n")
+    assert load_config(path).train.stop_at_step == 6
+    assert capsys.readouterr().err == DEPRECATED  # YAML: one line
+    cfg = load_config(path, ["train.exit_interval=7"])
+    assert cfg.train.stop_at_step == 7  # --set still beats YAML
+    assert capsys.readouterr().err == DEPRECATED  # both: still exactly one line
+    assert "train.stop_at_step must be positive" in config_error(["train.exit_interval=0"])
+    assert "train.stop_at_step" in config_error(
+        [], write(tmp_path, "train:\n  exit_interval: 2\n  stop_at_step: 2\n")
+    )
+    capsys.readouterr()
+    # a config stored with an old checkpoint loads silently (nobody can edit it)
+    assert config_from_dict({"train": {"exit_interval": 3}}).train.stop_at_step == 3
+    assert capsys.readouterr().err == ""
 
 
 # ------------------------------------------------------------------ init and α calibration

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CONFIGS, ROOT
 
 from megadyt.cli.main import main
 from megadyt.config import load_config
 from megadyt.model import build_model, count_parameters, norm_parameter_names
+from megadyt.norms.registry import has_embedding_scale
 from megadyt.parallel.distributed import destroy_distributed, init_distributed, seed_everything
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 
 # Published LLaMA parameter counts (paper-facts.md; Touvron et al.).
 PUBLISHED_RMSNORM = {
@@ -166,7 +165,7 @@ def test_analytic_count_matches_real_build(distributed, path, overrides):
     assert params["embedding.word_embeddings.weight"].numel() == counts.embedding
     assert params["output_layer.weight"].numel() == counts.output
     has_scale = any(n.endswith("embedding_scale") for n in params)
-    assert has_scale == cfg.model.has_embedding_scale
+    assert has_scale == has_embedding_scale(cfg.model)
 
 
 @pytest.mark.parametrize("norm", ["dyt", "derf"])

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, clean_env
 
 pytestmark = pytest.mark.multiprocess
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = [
     "model.num_layers=2",
     "model.hidden_size=64",
@@ -62,16 +62,14 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
 def _quiet() -> dict:
     """subprocess keywords: repository root, clean launcher variables, no output."""
-    return {"cwd": ROOT, "env": _env(), "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    return {
+        "cwd": ROOT,
+        "env": clean_env(OMP_NUM_THREADS="1"),
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+    }
 
 
 def _run(cmd: list[str]) -> None:
@@ -115,7 +113,12 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path, straight):
 def test_sigusr1_saves_and_exits_cleanly(tmp_path, straight):
     cmd = _command(tmp_path, 12, 1000)  # no periodic saves: only the signal can cause one
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        cmd,
+        cwd=ROOT,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     metrics = tmp_path / "metrics.jsonl"
     _wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 2, proc)
@@ -153,7 +156,7 @@ def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
     """Two ranks under torchrun; rank 1 is SIGKILLed as soon as the directory of a new
     checkpoint appears (while that save is in progress, when the timing allows). Whatever the
     moment, `latest` must verify, and the rerun must continue with the uninterrupted losses."""
-    from megadyt.training import checkpoint
+    from megadyt.training import checkpoint, rundir
 
     straight_dir, crash_dir = tmp_path / "straight", tmp_path / "crash"
     _run(_torchrun(_command(straight_dir, 8, 2)))
@@ -165,7 +168,7 @@ def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
         ckpts = crash_dir / "checkpoints"
         # the first complete checkpoint, then the directory of the next one
         _wait_for((ckpts / "latest").is_file, proc)
-        _wait_for(lambda: (ckpts / checkpoint.tag_for(4)).is_dir(), proc)
+        _wait_for(lambda: (ckpts / rundir.tag_for(4)).is_dir(), proc)
         os.kill(_worker_of_rank(proc.pid, 1), signal.SIGKILL)  # torchrun then ends rank 0
         proc.wait(timeout=240)
     finally:
@@ -174,7 +177,7 @@ def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
             proc.wait()
     assert proc.returncode != 0
     tag = (ckpts / "latest").read_text().strip()
-    checkpoint.verify_checkpoint(ckpts, tag)  # raises if what `latest` names is incomplete
+    checkpoint.verify_checkpoint(ckpts / tag)  # raises if what `latest` names is incomplete
 
     _run(cmd)
     resumed = _losses(crash_dir)

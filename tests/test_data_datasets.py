@@ -13,7 +13,8 @@ import torch.distributed as dist
 from megadyt.config.schema import Config
 from megadyt.data.datasets import build_datasets
 from megadyt.data.prepare import prepare_data
-from megadyt.data.tokenizer import load_tokenizer, train_sentencepiece
+from megadyt.data.spm import train_sentencepiece
+from megadyt.data.tokenizer import load_tokenizer
 from megadyt.errors import MegadytError
 
 SEQ = 32

@@ -15,7 +15,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megadyt.cli.main import main
 from megadyt.data.prepare import prepare_data
-from megadyt.data.tokenizer import train_sentencepiece
+from megadyt.data.spm import train_sentencepiece
 from megadyt.errors import MegadytError
 
 WORDS = "alpha beta gamma delta 42 ünïcödé 日本 🎉 def return\tindent".split(" ")

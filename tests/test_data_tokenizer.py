@@ -8,7 +8,8 @@ import pytest
 import sentencepiece as spm
 
 from megadyt.cli.main import main
-from megadyt.data.tokenizer import load_tokenizer, train_tokenizer
+from megadyt.data.spm import train_tokenizer
+from megadyt.data.tokenizer import load_tokenizer
 from megadyt.errors import MegadytError
 
 MULTILINGUAL = [

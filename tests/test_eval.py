@@ -16,39 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, clean_env, train_tiny
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = [
-    "model.num_layers=2",
-    "model.hidden_size=64",
-    "model.ffn_hidden_size=176",
-    "model.seq_length=64",
-    "train.steps=4",
-    "train.log_interval=1",
-    "train.eval_interval=2",
-    "train.eval_iters=1",
-    "train.global_batch_size=4",
-    "train.micro_batch_size=4",
-]
-LONG_TEXT = (REPO / "megadyt" / "evaluation" / "lm.py").read_text()[:2500]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without the launcher variables an in-process init_distributed set
-    (a subprocess would otherwise join this process's rendezvous port)."""
-    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
-    return {**{k: v for k, v in os.environ.items() if k not in launcher}, **extra}
-
-
-def train_tiny(run_dir: Path, norm: str = "dyt", extra: list[str] = ()) -> Path:
-    args = [sys.executable, "-m", "megadyt", "train", "--config", f"configs/tiny/{norm}.yaml"]
-    for item in [*SMALL, *extra, f"run.dir={run_dir}"]:
-        args += ["--set", item]
-    proc = subprocess.run(
-        args, cwd=REPO, capture_output=True, text=True, timeout=300, env=clean_env()
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+LONG_TEXT = (ROOT / "megadyt" / "evaluation" / "lm.py").read_text()[:2500]
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +254,7 @@ def test_eval_cli_reports_json_tensorboard_and_failed_hub_task(run_dir, tmp_path
             "--run-dir",
             str(run_dir),
         ],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
@@ -308,7 +278,7 @@ def test_eval_cli_reports_json_tensorboard_and_failed_hub_task(run_dir, tmp_path
 def test_eval_cli_user_errors(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "megadyt", "eval", "--checkpoint", str(tmp_path)],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -352,14 +322,12 @@ def _train_tp2_and_score(rank: int, world_size: int, run_dir: str, tokens: list[
     from megadyt.config import config_from_dict, load_config
     from megadyt.model import build_model
     from megadyt.parallel.distributed import seed_everything
-    from megadyt.training.export import WEIGHTS_DIR, resolve_tag_dir
+    from megadyt.training.rundir import resolve_checkpoint, weights_file
     from megadyt.training.trainer import train
 
-    cfg = load_config(str(REPO / "configs/tiny/dyt.yaml"), [*TP2, f"run.dir={run_dir}"])
+    cfg = load_config(str(ROOT / "configs/tiny/dyt.yaml"), [*TP2, f"run.dir={run_dir}"])
     train(cfg)
-    shard = torch.load(
-        resolve_tag_dir(run_dir) / WEIGHTS_DIR / f"tp_rank_{rank:02d}.pt", weights_only=True
-    )
+    shard = torch.load(weights_file(resolve_checkpoint(run_dir), rank), weights_only=True)
     seed_everything(0)
     model = build_model(config_from_dict(shard["config"]), perform_initialization=False)
     model.load_state_dict(shard["state"], strict=False)
@@ -380,7 +348,7 @@ def test_tp2_checkpoint_scores_like_the_tp2_model(tmp_path, lm):
     tokens = [lm.tok.eos_id, *lm.tok.encode(text)][:64]
     run_dir = tmp_path / "tp2"
     cwd = os.getcwd()
-    os.chdir(REPO)  # data.cache_dir is relative
+    os.chdir(ROOT)  # data.cache_dir is relative
     try:
         losses = run_distributed(
             _train_tp2_and_score, world_size=2, run_dir=str(run_dir), tokens=tokens

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from megadyt.parallel.distributed import LaunchEnv
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(
     p for p in (ROOT / "launch").rglob("*") if p.suffix in (".sh", ".sbatch") and p.is_file()
 )
@@ -144,6 +144,40 @@ def test_torchrun_sh_trains_two_cpu_processes(tmp_path):
     (log,) = (run_dir / "logs").glob("torchrun-*.log")
     assert "step       2/2" in log.read_text()
     assert "2 process(es)" in proc.stderr
+
+
+PRINT_AND_CHECK_TORCH = """
+import sys
+from megadyt.cli.main import main
+rc = main(sys.argv[1:])
+print("torch imported" if "torch" in sys.modules else "no torch", rc)
+"""
+
+
+@pytest.mark.parametrize("field", ["run_dir", "run_name"])
+def test_scripts_read_config_values_without_torch(tmp_path, field):
+    """What the launch scripts call on a login node: one value, and no torch import (fast)."""
+    sets = ["--set", f"run.dir={tmp_path}/r", "--set", "run.name=named"]
+    expected = {"run_dir": str(tmp_path / "r"), "run_name": "named"}[field]
+    proc = subprocess.run(
+        [sys.executable, "-c", PRINT_AND_CHECK_TORCH, "plan", "--config", "configs/tiny/dyt.yaml",
+         *sets, "--print", field],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [expected, "no torch 0"]
+    for script in (SBATCH, ROOT / "launch/torchrun.sh"):
+        assert "plan --print run_dir --config" in script.read_text()
+
+
+def test_scripts_config_value_error_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "megadyt", "plan", "--config", "configs/tiny/dyt.yaml",
+         "--set", "train.stepz=3", "--print", "run_dir"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "train.stepz" in proc.stderr
 
 
 def test_launch_env_reads_slurm_job_facts():

@@ -6,7 +6,8 @@ import json
 import subprocess
 
 import pytest
-from test_crash_resume import ROOT, _command, _env
+from conftest import ROOT, clean_env
+from test_crash_resume import _command
 
 pytestmark = pytest.mark.multiprocess
 
@@ -23,7 +24,12 @@ def test_periodic_zero_shot_scores_reach_metrics_and_tensorboard(tmp_path):
         "train.zero_shot_limit=16",
     ]
     subprocess.run(
-        cmd, cwd=ROOT, env=_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd,
+        cwd=ROOT,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     scored = {r["step"]: r["eval/stdlib_nextline"] for r in records if "eval/stdlib_nextline" in r}

@@ -7,10 +7,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from megadyt.cli.main import main
 from megadyt.config import load_config
@@ -18,7 +18,6 @@ from megadyt.model.counting import count_parameters
 from megadyt.planning import make_plan, memory_breakdown
 from megadyt.planning.memory import GB
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"llama-7b": 64, "llama-13b": 64, "llama-34b": 128, "llama-70b": 128}  # nodes x 8 GPUs
 NORMS = ("rmsnorm", "dyt", "derf")
 PRESETS = [(size, norm) for size in SIZES for norm in NORMS]

@@ -11,10 +11,10 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import metrics_records
 
 from megadyt.parallel.testing import run_distributed
 from megadyt.training.spikes import SpikeDetector
@@ -66,10 +66,6 @@ def _config(overrides: list[str]):
     from megadyt.config import load_config
 
     return load_config(None, [*SMALL, *overrides])
-
-
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 # -- the detector on its own ----------------------------------------------------------------------
@@ -134,7 +130,7 @@ def _rollback_runs(rank: int, world_size: int, run_dir: str) -> dict:
     results = {}
     for name, extra in (
         ("straight", []),
-        ("interrupted", ["train.exit_interval=20"]),
+        ("interrupted", ["train.stop_at_step=20"]),
         ("resumed", []),
     ):
         target = "straight" if name == "straight" else "interrupted"
@@ -158,7 +154,7 @@ def test_rollback_skips_the_offending_data_lowers_lr_and_resumes_exactly(tmp_pat
     out = run_distributed(_rollback_runs, world_size=1, run_dir=str(tmp_path))[0]
     straight = out["straight"]
     assert straight["rollbacks"] == 1
-    records = _records(tmp_path / "straight")
+    records = metrics_records(tmp_path / "straight")
     spikes = [r for r in records if r.get("event") == "spike"]
     rollbacks = [r for r in records if r.get("event") == "rollback"]
     assert {r["step"] for r in spikes} == {SPIKE_BATCH + 1}
@@ -237,23 +233,23 @@ def _resume(rank: int, world_size: int, run_dir: str, steps: int) -> str:
 
 
 def test_checkpoint_with_a_code_payload_is_refused_without_running_it(tmp_path):
-    from megadyt.training import checkpoint
+    from megadyt.training import checkpoint, rundir
 
     assert (
         run_distributed(_resume, world_size=1, run_dir=str(tmp_path), steps=4)[0] == "trained to 4"
     )
-    tag_dir = tmp_path / "checkpoints" / checkpoint.tag_for(4)
+    tag_dir = rundir.RunDir(tmp_path).tag_dir(rundir.tag_for(4))
     states = tag_dir / "mp_rank_00_model_states.pt"
     marker = tmp_path / "payload-ran"
     state = torch.load(states, weights_only=False)
     state["client_state_extra"] = _Payload(str(marker))
     torch.save(state, states)
     # the attacker also rewrites the manifest, so the checksum alone would not stop it
-    manifest_path = tag_dir / checkpoint.MANIFEST
+    manifest_path = rundir.manifest_file(tag_dir)
     manifest = json.loads(manifest_path.read_text())
     manifest["files"][states.name] = {
         "bytes": states.stat().st_size,
-        "sha256": checkpoint._sha256(states),
+        "sha256": checkpoint.sha256_of(states),
     }
     manifest_path.write_text(json.dumps(manifest))
     message = run_distributed(_resume, world_size=1, run_dir=str(tmp_path), steps=6)[0]

@@ -3,14 +3,12 @@ direct computation; the final-norm warning; and the series a real training run l
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
+from conftest import SMALL_TRAINING, TokenSource, metrics_records, train_small
 from megatron.core.transformer.transformer_config import TransformerConfig
-from test_training import SMALL as TRAINING_SMALL
-from test_training import TokenSource
 
 from megadyt.norms import Derf, DyT, RMSNorm
 from megadyt.parallel.testing import run_distributed
@@ -85,9 +83,9 @@ def test_final_norm_alert_after_patience_once():
     assert monitor.alert(70, {}) is None  # RMSNorm: nothing to judge
 
 
-# test_training's small model, 4 steps of 4 sequences, every step logged
+# the small training config, 4 steps of 4 sequences, every step logged
 SMALL = [
-    *TRAINING_SMALL,
+    *SMALL_TRAINING,
     "train.steps=4",
     "train.global_batch_size=4",
     "train.eval_interval=100",
@@ -97,20 +95,8 @@ SMALL = [
 
 
 def _train(rank: int, world_size: int, overrides: list[str]) -> None:
-    from megatron.core import parallel_state
-
-    from megadyt.config import load_config
-    from megadyt.training.trainer import train
-
     for extra in overrides:
-        cfg = load_config(None, [*SMALL, *extra])
-        if parallel_state.model_parallel_is_initialized():
-            parallel_state.destroy_model_parallel()
-        train(cfg, (TokenSource(16, 32, 0), TokenSource(4, 32, 1)))
-
-
-def _records(run_dir) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        train_small(extra, SMALL, data=(TokenSource(16, 32, 0), TokenSource(4, 32, 1)))
 
 
 @pytest.mark.multiprocess
@@ -130,7 +116,7 @@ def test_training_logs_saturation_and_warns(tmp_path):
             [f"run.dir={tmp_path}/rms", "model.norm=rmsnorm"],
         ],
     )
-    hot = _records(tmp_path / "hot")
+    hot = metrics_records(tmp_path / "hot")
     logged = [r for r in hot if "loss" in r]
     assert [r["step"] for r in logged] == [1, 2, 3, 4]
     for r in logged:
@@ -141,6 +127,6 @@ def test_training_logs_saturation_and_warns(tmp_path):
     warnings = [r for r in hot if r.get("event") == "saturation_warning"]
     assert [w["step"] for w in warnings] == [2]  # after 2 log intervals, once
     assert "final norm" in warnings[0]["detail"]
-    rms = [r for r in _records(tmp_path / "rms") if "loss" in r]
+    rms = [r for r in metrics_records(tmp_path / "rms") if "loss" in r]
     assert all("norm/input_rms/final" in r for r in rms)
     assert not any(k.startswith("norm/saturated") for r in rms for k in r)

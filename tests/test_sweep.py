@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, clean_env
+from conftest import TINY as TINY_YAML
 
 from megadyt.cli.main import main
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = str(ROOT / "configs" / "tiny" / "dyt.yaml")
+TINY = str(TINY_YAML)
 
 
 @pytest.mark.parametrize(
@@ -95,16 +96,14 @@ def _sweep_command(output: Path) -> list[str]:
     ]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
 def _sweep(output: Path) -> str:
     done = subprocess.run(
-        _sweep_command(output), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+        _sweep_command(output),
+        cwd=ROOT,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return done.stdout
@@ -123,7 +122,7 @@ def test_sweep_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
     proc = subprocess.Popen(
         _sweep_command(out),
         cwd=ROOT,
-        env=_env(),
+        env=clean_env(OMP_NUM_THREADS="1"),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

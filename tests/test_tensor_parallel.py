@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SMALL_MODEL, small_config
 
 from megadyt.parallel.testing import run_distributed
 
@@ -18,13 +19,7 @@ pytestmark = pytest.mark.multiprocess
 NORMS = ("rmsnorm", "dyt", "derf")
 
 SMALL = [
-    "model.num_layers=2",
-    "model.hidden_size=64",
-    "model.num_attention_heads=4",
-    "model.num_query_groups=2",
-    "model.ffn_hidden_size=96",
-    "model.vocab_size=256",
-    "model.seq_length=32",
+    *SMALL_MODEL,
     # The tolerances below are absolute float32 rounding at the paper's init. At init 1/sqrt(d)
     # gradients are ~10x larger (embedding grads up to 4) and so is the rounding of the TP
     # split (up to 4e-5), while a parallel-path bug is O(1) either way.
@@ -33,11 +28,7 @@ SMALL = [
 
 
 def _config(norm: str, tp: int, sp: bool):
-    from megadyt.config import load_config
-
-    return load_config(
-        None, [*SMALL, f"model.norm={norm}", f"parallel.tp={tp}", f"parallel.sp={sp}"]
-    )
+    return small_config([f"model.norm={norm}", f"parallel.tp={tp}", f"parallel.sp={sp}"], SMALL)
 
 
 def _tokens(seed: int = 7) -> torch.Tensor:

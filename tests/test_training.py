@@ -11,78 +11,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TokenSource, small_config, train_small
 
 from megadyt.parallel.testing import run_distributed
 
 pytestmark = pytest.mark.multiprocess
 
-SMALL = [
-    "model.num_layers=2",
-    "model.hidden_size=64",
-    "model.num_attention_heads=4",
-    "model.num_query_groups=2",
-    "model.ffn_hidden_size=96",
-    "model.vocab_size=256",
-    "model.seq_length=32",
-    "model.norm=dyt",
-    "train.steps=10",
-    "train.micro_batch_size=2",
-    "train.global_batch_size=8",
-    "train.lr=3e-3",
-    "train.log_interval=1",
-    "train.eval_interval=5",
-    "train.eval_iters=1",
-    "train.save_interval=5",
-]
-
-
-class TokenSource:
-    """Fixed pseudo-random documents: the trainer's token-source interface in its simplest form."""
-
-    def __init__(self, samples: int, seq: int, seed: int, zero_mask_at: set[int] = frozenset()):
-        # arithmetic sequences mod 256 with a random start and stride: learnable structure
-        g = torch.Generator().manual_seed(seed)
-        start = torch.randint(0, 256, (samples, 1), generator=g)
-        stride = torch.randint(1, 8, (samples, 1), generator=g)
-        self.data = (start + stride * torch.arange(seq + 1)) % 256
-        self.zero_mask_at = zero_mask_at
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> dict:
-        x = self.data[i]
-        mask = torch.zeros(len(x) - 1) if i in self.zero_mask_at else torch.ones(len(x) - 1)
-        return {"tokens": x[:-1], "labels": x[1:], "loss_mask": mask}
-
-
-def _config(overrides: list[str]):
-    from megadyt.config import load_config
-
-    return load_config(None, [*SMALL, *overrides])
-
-
-def _train(overrides: list[str]):
-    from megatron.core import parallel_state
-
-    from megadyt.training.trainer import train
-
-    cfg = _config(overrides)
-    data = (TokenSource(cfg.train.steps * 8, 32, 0), TokenSource(8, 32, 1))
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()  # the next layout may use another TP size
-    return train(cfg, data)
-
 
 def _layouts(rank: int, world_size: int, layouts: list[list[str]]) -> list[dict]:
-    return [_train(o).losses for o in layouts]
+    return [train_small(o).losses for o in layouts]
 
 
 def _resume(rank: int, world_size: int, tmp: str, zero: int) -> dict:
     common = [f"parallel.zero_stage={zero}"]
-    straight = _train([*common, f"run.dir={tmp}/straight"]).losses
-    first = _train([*common, f"run.dir={tmp}/split", "train.exit_interval=5"])
-    second = _train([*common, f"run.dir={tmp}/split"])
+    straight = train_small([*common, f"run.dir={tmp}/straight"]).losses
+    first = train_small([*common, f"run.dir={tmp}/split", "train.stop_at_step=5"])
+    second = train_small([*common, f"run.dir={tmp}/split"])
     return {
         "straight": straight,
         "first": first.losses,
@@ -95,8 +39,9 @@ def _validation_loss_of_tp1_export(rank: int, world_size: int, run_dirs: list[st
     """Each run's exported weights, merged to TP=1, scored on the validation samples."""
     from megadyt.model import build_model
     from megadyt.parallel.distributed import init_distributed, seed_everything
-    from megadyt.training.export import load_tp1_weights
-    from megadyt.training.trainer import collate, loss_of
+    from megadyt.training.data import collate
+    from megadyt.training.step import loss_of
+    from megadyt.training.weights import load_tp1_weights
 
     init_distributed(tp=1)
     seed_everything(0)
@@ -181,7 +126,7 @@ def test_exact_resume(tmp_path, zero):
 
 
 def _one_run_for_logs(rank: int, world_size: int, run_dir: str) -> None:
-    _train([f"run.dir={run_dir}", "train.steps=6", "model.norm=derf"])
+    train_small([f"run.dir={run_dir}", "train.steps=6", "model.norm=derf"])
 
 
 def test_tensorboard_and_metrics_jsonl_agree(tmp_path):
@@ -229,7 +174,7 @@ def _nan_guard(rank: int, world_size: int, run_dir: str, zero: int) -> dict:
     from megadyt.parallel.distributed import init_distributed
     from megadyt.training.trainer import Trainer
 
-    cfg = _config([f"run.dir={run_dir}", f"parallel.zero_stage={zero}"])
+    cfg = small_config([f"run.dir={run_dir}", f"parallel.zero_stage={zero}"])
     init_distributed(tp=1)
     # step 1 starts with the micro-batch of samples 8, 9: an all-zero loss mask gives 0/0 = NaN
     trainer = Trainer(cfg, TokenSource(80, 32, 0, zero_mask_at={8, 9}), None)
@@ -268,7 +213,7 @@ def _zero3_as_plain_python(rank: int, world_size: int, run_dir: str) -> int:
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         os.environ.pop(key)  # as `python -m megadyt train`, without torchrun
-    result = _train([f"run.dir={run_dir}", "parallel.zero_stage=3", "train.steps=2"])
+    result = train_small([f"run.dir={run_dir}", "parallel.zero_stage=3", "train.steps=2"])
     leaked = [k for k in ("RANK", "LOCAL_RANK", "MASTER_PORT") if k in os.environ]
     assert not leaked, leaked
     return result.last_step
