@@ -28,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from megadyt.training.rundir import RunDir
+
 ROOT = Path(__file__).resolve().parent.parent
 HF_SCRIPT = Path(__file__).resolve().parent / "hf_baseline.py"
 NORMS = ("rmsnorm", "dyt", "derf")
@@ -108,7 +110,7 @@ def run_megadyt(size: str, norm: str, steps: int, nproc: int, run_dir: Path) -> 
     sets = as_sets([*common_overrides(size, steps, nproc, run_dir), f"model.norm={norm}"])
     config = f"configs/tiny/{norm}.yaml"
     run_quiet([*launcher(nproc), "-m", "megadyt", "train", "--config", config, *sets], nproc)
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in RunDir(run_dir).metrics.read_text().splitlines()]
     records = [r for r in records if "tokens_per_s" in r][1:]
     return {
         "tokens_per_s": [r["tokens_per_s"] for r in records],

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from megadyt import warnings_filter
+from megadyt.training.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -118,7 +119,7 @@ def train_small(overrides: list[str], base: list[str] = SMALL_TRAINING, data=Non
 
 def metrics_records(run_dir: Path) -> list[dict]:
     """Every record of a run's metrics.jsonl, in order."""
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(x) for x in RunDir(run_dir).metrics.read_text().splitlines()]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -137,3 +138,38 @@ def train_tiny(run_dir: Path, norm: str = "dyt", extra: list[str] = ()) -> Path:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
+
+
+# `megadyt train` on configs/tiny/dyt.yaml as a real process, small enough to kill and resume
+# within seconds (crash/resume and periodic-evaluation tests).
+CLI_SMALL_RUN = [
+    "model.num_layers=2",
+    "model.hidden_size=64",
+    "model.ffn_hidden_size=96",
+    "model.seq_length=64",
+    "train.micro_batch_size=4",
+    "train.global_batch_size=8",
+    "train.log_interval=1",
+    "train.eval_interval=1000",
+    "parallel.zero_stage=1",
+    f"data.cache_dir={ROOT / 'data_cache'}",
+]
+
+
+def train_command(run_dir: Path, steps: int, save_interval: int) -> list[str]:
+    """The argv of that run, writing to `run_dir`."""
+    sets = [
+        *CLI_SMALL_RUN,
+        f"train.steps={steps}",
+        f"train.save_interval={save_interval}",
+        f"run.dir={run_dir}",
+    ]
+    return [
+        sys.executable,
+        "-m",
+        "megadyt",
+        "train",
+        "--config",
+        "configs/tiny/dyt.yaml",
+        *[a for s in sets for a in ("--set", s)],
+    ]

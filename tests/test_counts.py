@@ -171,10 +171,10 @@ def test_analytic_count_matches_real_build(distributed, path, overrides):
 @pytest.mark.parametrize("norm", ["dyt", "derf"])
 @pytest.mark.parametrize("impl", ["auto", "reference", "compiled"])
 def test_norm_impl_reaches_every_norm_module(distributed, norm, impl):
-    from megadyt.norms import NORM_CLASSES
+    from megadyt.norms.registry import NORMS
 
     cfg = load_config(CONFIGS / "tiny" / f"{norm}.yaml", [f"model.norm_impl={impl}"])
     model = build_model(cfg)
-    norms = [m for m in model.modules() if isinstance(m, NORM_CLASSES[norm])]
+    norms = [m for m in model.modules() if isinstance(m, NORMS[norm].cls)]
     assert len(norms) == 2 * cfg.model.num_layers + 1
     assert {m.impl for m in norms} == {impl}

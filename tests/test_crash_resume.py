@@ -16,40 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, clean_env
+from conftest import ROOT, clean_env, train_command
 
 pytestmark = pytest.mark.multiprocess
-
-SMALL = [
-    "model.num_layers=2",
-    "model.hidden_size=64",
-    "model.ffn_hidden_size=96",
-    "model.seq_length=64",
-    "train.micro_batch_size=4",
-    "train.global_batch_size=8",
-    "train.log_interval=1",
-    "train.eval_interval=1000",
-    "parallel.zero_stage=1",
-    f"data.cache_dir={ROOT / 'data_cache'}",
-]
-
-
-def _command(run_dir: Path, steps: int, save_interval: int) -> list[str]:
-    sets = [
-        *SMALL,
-        f"train.steps={steps}",
-        f"train.save_interval={save_interval}",
-        f"run.dir={run_dir}",
-    ]
-    return [
-        sys.executable,
-        "-m",
-        "megadyt",
-        "train",
-        "--config",
-        "configs/tiny/dyt.yaml",
-        *[a for s in sets for a in ("--set", s)],
-    ]
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -88,12 +57,12 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> dict[int, float]:
     run_dir = tmp_path_factory.mktemp("straight")
-    _run(_command(run_dir, 12, 3))
+    _run(train_command(run_dir, 12, 3))
     return _losses(run_dir)
 
 
 def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path, straight):
-    cmd = _command(tmp_path, 12, 3)
+    cmd = train_command(tmp_path, 12, 3)
     latest = tmp_path / "checkpoints" / "latest"
     proc = subprocess.Popen(cmd, **_quiet())
     _wait_for(latest.is_file, proc)
@@ -111,7 +80,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path, straight):
 
 
 def test_sigusr1_saves_and_exits_cleanly(tmp_path, straight):
-    cmd = _command(tmp_path, 12, 1000)  # no periodic saves: only the signal can cause one
+    cmd = train_command(tmp_path, 12, 1000)  # no periodic saves: only the signal can cause one
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -159,10 +128,10 @@ def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
     from megadyt.training import checkpoint, rundir
 
     straight_dir, crash_dir = tmp_path / "straight", tmp_path / "crash"
-    _run(_torchrun(_command(straight_dir, 8, 2)))
+    _run(_torchrun(train_command(straight_dir, 8, 2)))
     straight = _losses(straight_dir)
 
-    cmd = _torchrun(_command(crash_dir, 8, 2))
+    cmd = _torchrun(train_command(crash_dir, 8, 2))
     proc = subprocess.Popen(cmd, start_new_session=True, **_quiet())
     try:
         ckpts = crash_dir / "checkpoints"

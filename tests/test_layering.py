@@ -77,3 +77,10 @@ def test_nothing_outside_cli_imports_cli():
         if name == "megadyt.cli" or name.startswith("megadyt.cli.")
     ]
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("name", ["atomic.py", "errors.py", "warnings_filter.py"])
+def test_foundation_modules_import_nothing_from_megadyt(name):
+    """Every layer may use these, so they may use no layer (nor each other)."""
+    imported = [n for n in _imports(PACKAGE / name) if n.split(".")[0] == "megadyt"]
+    assert not imported, f"megadyt/{name} imports {imported}"

@@ -6,8 +6,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import ROOT, clean_env
-from test_crash_resume import _command
+from conftest import ROOT, clean_env, train_command
 
 pytestmark = pytest.mark.multiprocess
 
@@ -15,7 +14,7 @@ pytestmark = pytest.mark.multiprocess
 def test_periodic_zero_shot_scores_reach_metrics_and_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cmd = _command(tmp_path, 4, 100) + [
+    cmd = train_command(tmp_path, 4, 100) + [
         "--set",
         "train.zero_shot_tasks=[stdlib_nextline]",
         "--set",

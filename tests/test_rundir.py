@@ -98,3 +98,19 @@ def test_config_copy_round_trips(tmp_path):
     run.write_config(config)
     assert run.read_config() == config
     assert not list(run.root.glob("*.tmp*"))  # written atomically, nothing left beside it
+
+
+def test_resume_fallback_orders_checkpoints_by_step_not_by_name(tmp_path):
+    """Past step 9,999,999 the tags grow a digit: 'step_9999000' > 'step_10000000' as text."""
+    from megadyt.training.checkpoint import choose_checkpoint
+
+    run = RunDir(tmp_path)
+    for step in (9_998_000, 9_999_000):
+        tag_dir = _checkpoint(run, step)
+        (tag_dir / "manifest.json").write_text('{"files": {}}')
+    _checkpoint(run, 10_000_000, complete=False)  # the newest has no manifest: incomplete
+    run.publish_latest(tag_for(10_000_000))
+    tag, error, note = choose_checkpoint(run, fallback=True)
+    assert error is None and tag == tag_for(9_999_000)
+    assert "falling back" in note
+    assert choose_checkpoint(run, fallback=False)[0] is None

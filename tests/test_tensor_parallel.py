@@ -12,11 +12,12 @@ import pytest
 import torch
 from conftest import SMALL_MODEL, small_config
 
+from megadyt.norms.registry import NORMS as REGISTERED_NORMS
 from megadyt.parallel.testing import run_distributed
 
 pytestmark = pytest.mark.multiprocess
 
-NORMS = ("rmsnorm", "dyt", "derf")
+NORMS = tuple(REGISTERED_NORMS)
 
 SMALL = [
     *SMALL_MODEL,

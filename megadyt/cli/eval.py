@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from megadyt.atomic import atomic_write_text
 from megadyt.errors import MegadytError
 from megadyt.training.rundir import RunDir, checkpoint_step, resolve_checkpoint
 
@@ -105,8 +106,7 @@ def run(args: argparse.Namespace) -> int:
         targets.append(run_dir.eval_json(step))
         _log_tensorboard(run_dir, step, report.scalars())
     for target in targets:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
         print(f"results written to {target}")
     return 1 if report.errors else 0
 

@@ -20,14 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megadyt.evaluation.periodic import evaluate_model
     from megadyt.parallel.distributed import destroy_distributed
     from megadyt.training.trainer import train
 
     overrides = [*args.overrides, *(["train.resume_fallback=true"] if args.resume_fallback else [])]
     cfg = load_config(args.config, overrides)
+    zero_shot = None
+    if cfg.train.zero_shot_tasks:  # lm-eval is imported only by runs that use it
+        from megadyt.evaluation.periodic import evaluate_model as zero_shot
     try:
-        result = train(cfg, zero_shot=evaluate_model if cfg.train.zero_shot_tasks else None)
+        result = train(cfg, zero_shot=zero_shot)
     finally:
         destroy_distributed()
     if result.last_step < cfg.train.steps:

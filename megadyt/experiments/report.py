@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from megadyt.atomic import atomic_write_text
+from megadyt.atomic import atomic_output, atomic_write_text
 from megadyt.experiments.grid import GridAxis
 from megadyt.experiments.runner import CellResult
 
@@ -135,8 +135,7 @@ def heatmap(path: Path, axes: list[GridAxis], summaries: list[PointSummary], tit
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="final validation loss")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path

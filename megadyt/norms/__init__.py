@@ -10,11 +10,9 @@ from megadyt.norms.layers import Derf, DyT, RMSNorm, tp_summed
 from megadyt.norms.registry import NORMS, NormEntry, entry_of, norm_classes, norm_entry
 
 # name -> module class, from the registry (kept for callers and tests that index it)
-NORM_CLASSES = {name: entry.cls for name, entry in NORMS.items()}
 
 __all__ = [
     "NORMS",
-    "NORM_CLASSES",
     "NORM_IMPLS",
     "PAPER_ALPHA0_TABLE",
     "Derf",

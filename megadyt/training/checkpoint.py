@@ -22,7 +22,7 @@ from megadyt.atomic import atomic_output, atomic_write_text
 from megadyt.errors import MegadytError
 from megadyt.parallel.distributed import device
 from megadyt.training.rng import rng_state, set_rng_state
-from megadyt.training.rundir import RunDir, manifest_file, rng_file, tag_for
+from megadyt.training.rundir import RunDir, manifest_file, rng_file, step_of, tag_for
 
 # How a model is computed, not what it is: free to change between save and resume.
 EXECUTION_ONLY_MODEL_KEYS = frozenset({"norm_impl", "attention_impl"})
@@ -128,7 +128,7 @@ def verify_checkpoint(tag_dir: Path) -> dict:
     if not manifest_file(tag_dir).is_file():
         raise MegadytError(
             f"checkpoint {tag_dir} has no {manifest_file(tag_dir).name}: it is incomplete; "
-            f"delete it or point {RunDir(tag_dir.parent.parent).latest_file} at an earlier step"
+            f"delete it or point {RunDir.of_checkpoint(tag_dir).latest_file} at an earlier step"
         )
     manifest = json.loads(manifest_file(tag_dir).read_text())
     for rel, meta in manifest["files"].items():
@@ -159,7 +159,7 @@ def choose_checkpoint(run: RunDir, fallback: bool) -> tuple[str | None, str | No
             return None, f"{exc} (or rerun with --resume-fallback to use the previous one)", None
         first_error = str(exc)
     for older in run.complete_tags():
-        if older >= tag:
+        if step_of(older) >= (step_of(tag) or 0):
             continue
         try:
             verify_checkpoint(run.tag_dir(older))

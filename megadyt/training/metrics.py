@@ -98,9 +98,10 @@ class MetricsProcessor:
         self.peak_tflops = peak_tflops(cfg)
         self.world_size = world_size
         self.clock = clock
-        self._restart_window()
+        self.start_window()
 
-    def _restart_window(self) -> None:
+    def start_window(self) -> None:
+        """Begin measuring: at the start of the loop and after each log step's own work."""
         self._window_start, self._window_steps, self._paused = self.clock(), 0, 0.0
 
     def tokens_at(self, step: int) -> int:
@@ -118,11 +119,10 @@ class MetricsProcessor:
             self._paused += self.clock() - start
 
     def throughput(self) -> dict[str, float]:
-        """The window's figures; starts a new window."""
+        """The figures of the window so far (`start_window` begins the next one)."""
         elapsed = self.clock() - self._window_start - self._paused
         tokens_per_s = self.tokens_per_step * self._window_steps / elapsed
         tflops = tokens_per_s * self.flops_per_token / 1e12 / self.world_size
-        self._restart_window()
         return {
             "train/tokens_per_s": tokens_per_s,
             "perf/tflops_per_device": tflops,

@@ -6,6 +6,7 @@
     RUN/tb/                      TensorBoard events (training, and `megadyt eval --run-dir`)
     RUN/eval/step_NNNNNNN.json   `megadyt eval --run-dir` results, read by `megadyt compare`
     RUN/checkpoints/latest       the tag of the newest complete checkpoint, replaced atomically
+    RUN/logs/                    stdout/stderr of jobs started by launch/ (SLURM, torchrun)
     RUN/checkpoints/step_NNNNNNN/
         manifest.json            sizes and checksums; written last, so present = complete
         rng_rankNNNNN.pt         every generator's state, one file per rank
@@ -77,6 +78,11 @@ class RunDir:
 
     def __init__(self, root: str | Path) -> None:
         object.__setattr__(self, "root", Path(root))
+
+    @classmethod
+    def of_checkpoint(cls, tag_dir: Path) -> RunDir:
+        """The run a checkpoint's step directory belongs to."""
+        return cls(Path(tag_dir).parent.parent)
 
     # -- files of the run ----------------------------------------------------------------------
     @property

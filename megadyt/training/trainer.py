@@ -137,6 +137,7 @@ class Trainer:
         writer = self._open_writer(resumed=client is not None, first=first)
         step, losses = first, {}
         with StopRequest() as stop, contextlib.closing(writer):
+            self.metrics.start_window()  # throughput counts from here, not from start-up
             while step < self.stop_at:
                 outcome = self.train_step(step)
                 self.metrics.step_done()
@@ -194,6 +195,7 @@ class Trainer:
         if alert:
             writer.event(step, "saturation_warning", {}, f"warning: {alert}")
         writer.progress(step, outcome.loss, throughput["train/tokens_per_s"], steps_here)
+        self.metrics.start_window()  # logging is not training time either
 
 
 def train(
