@@ -7,6 +7,8 @@ gradient clipping, torch DDP over gloo (NCCL on CUDA) for more than one process,
 bf16 autocast on CUDA. It is timed as `megadyt train` times itself: wall time of each optimizer
 step including fetching the batch; the benchmark drops the first step and takes the median.
 Tokens are random ids of the same shape (throughput does not depend on their values).
+On CUDA each step's end is taken after torch.cuda.synchronize(), and the output records
+torch.cuda.max_memory_allocated (GiB, like megadyt's perf/memory_gb); on CPU the peak RSS.
 
     python benchmarks/hf_baseline.py --config configs/tiny/rmsnorm.yaml [--set k=v] --output x.json
     python -m torch.distributed.run --nproc_per_node=2 benchmarks/hf_baseline.py ...
@@ -18,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -94,6 +97,9 @@ def train(cfg: Config, steps: int) -> dict:
         0, m.vocab_size, (steps * t.global_batch_size, m.seq_length), generator=gen
     )
     seconds, losses = [], []
+    if on_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     for step in range(steps):
         start = time.perf_counter()
         for group in optimizer.param_groups:
@@ -114,6 +120,8 @@ def train(cfg: Config, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss.item())  # the one host sync a logging loop has
+        if on_cuda:
+            torch.cuda.synchronize()  # .item() waits for the loss only; the update may still run
         seconds.append(time.perf_counter() - start)
     if world > 1:
         dist.destroy_process_group()
@@ -131,7 +139,15 @@ def train(cfg: Config, steps: int) -> dict:
         "attention": ATTENTION,
         "dtype": "bf16 autocast" if bf16 else "fp32",
         "gradient_accumulation": gas,
+        "max_memory_gib": peak_memory_gib(on_cuda),
     }
+
+
+def peak_memory_gib(on_cuda: bool) -> float:
+    """Peak allocated CUDA memory, else the peak RSS of this process (GiB)."""
+    if on_cuda:
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def main() -> None:

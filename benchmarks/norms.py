@@ -3,8 +3,11 @@
 For each shape and dtype, times forward (under no_grad) and forward+backward of DyT and Derf in
 every available implementation (reference formula, torch.compile'd fused kernels, Triton on
 CUDA) and of RMSNorm (torch.nn.functional.rms_norm, eager and torch.compile'd; Transformer
-Engine / apex fused kernels on CUDA when importable). The implementations of one shape and dtype
-are timed round-robin and reported as medians, so load from other processes hits all alike.
+Engine / apex fused kernels on CUDA when importable). On CUDA, the peer a user would pick
+instead, Liger-Kernel's Triton RMSNorm and DyT (impl "liger"), is timed too when it imports
+(pip install liger-kernel; see benchmarks/norm_peers.py); the tables say why when it is not.
+The implementations of one shape and dtype are timed round-robin and reported as medians, so
+load from other processes hits all alike.
 
 The floor is the time to move the bytes an ideal kernel must move, at the copy bandwidth
 measured in the same run (`dst.copy_(src)` of a large buffer, bandwidth = 2·bytes/time):
@@ -13,7 +16,8 @@ dx (5 activations). "floor" = floor time / measured time (1.0 = bandwidth-bound)
 
 `--appendix-c` runs the paper's Appendix C protocol instead: LLaMA-7B width, one 4096-token
 sequence (4096×4096 activations), bf16, total time of 100 forward and of 100 forward+backward
-passes of an RMSNorm layer vs a DyT (and Derf) layer, as megatron modules of this package.
+passes of an RMSNorm layer vs a DyT (and Derf) layer, as megatron modules of this package
+(plus Liger-Kernel's LigerRMSNorm and LigerDyT on CUDA when installed).
 
     python benchmarks/norms.py [--shapes 1024x1024 2048x4096 4096x4096] [--dtypes fp32 bf16]
     python benchmarks/norms.py --appendix-c [--repeats 100] [--update]  # repeats = passes
@@ -41,6 +45,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import norm_peers  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 from megadyt.norms import dispatch  # noqa: E402
 from megadyt.norms.functional import derf, dyt  # noqa: E402
 
@@ -81,22 +87,6 @@ def copy_bandwidth(device: torch.device, timer: Timer, mbytes: int = 256, repeat
 # ----------------------------------------------------------------------------- candidates
 
 
-def _rms_fused(device: torch.device, n: int, dtype: torch.dtype):
-    """(name, module) of a fused RMSNorm from Transformer Engine or apex, if importable."""
-    if device.type != "cuda":
-        return None
-    try:
-        te = importlib.import_module("transformer_engine.pytorch")
-        return "transformer_engine", te.RMSNorm(n, eps=RMS_EPS, params_dtype=dtype).to(device)
-    except Exception:  # noqa: BLE001 - optional baseline
-        pass
-    try:
-        apex_norm = importlib.import_module("apex.normalization")
-        return "apex", apex_norm.FusedRMSNorm(n, eps=RMS_EPS).to(device=device, dtype=dtype)
-    except Exception:  # noqa: BLE001 - optional baseline
-        return None
-
-
 def candidates(device: torch.device, n: int, dtype: torch.dtype, impls: list[str]):
     """[(op, impl, fn(x, params) -> y, params)] for every implementation available here."""
     make = dict(device=device, dtype=dtype)
@@ -123,10 +113,13 @@ def candidates(device: torch.device, n: int, dtype: torch.dtype, impls: list[str
     code, closure = rms.__code__.replace(), rms.__closure__
     fresh = types.FunctionType(code, rms.__globals__, "rms", None, closure)
     out.append(("rmsnorm", "torch.compile", torch.compile(fresh, dynamic=False), rms_p))
-    fused = _rms_fused(device, n, dtype)
-    if fused is not None:
-        name, module = fused
-        out.append(("rmsnorm", name, lambda x, p, m=module: m(x), dict(module.named_parameters())))
+    peers = []
+    if (fused := norm_peers.rms_fused(device, n, dtype, RMS_EPS)) is not None:
+        peers.append(("rmsnorm", *fused))
+    liger = norm_peers.liger_modules(device, n, dtype, RMS_EPS, alpha=0.5)
+    peers += [(op, "liger", module) for op, module in liger.items()]
+    for op, name, module in peers:
+        out.append((op, name, lambda x, p, m=module: m(x), dict(module.named_parameters())))
     return [(op, i, fn, {k: v.requires_grad_() for k, v in p.items()}) for op, i, fn, p in out]
 
 
@@ -191,7 +184,7 @@ def bench_shape(device, timer, shape, dtype, impls, warmup, repeats, bandwidth):
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], liger: str) -> None:
     print("| shape | dtype | op | impl | pass | ms | floor | vs rmsnorm torch |")
     print("|---|---|---|---|---|---:|---:|---:|")
     for r in rows:
@@ -199,12 +192,14 @@ def print_table(rows: list[dict]) -> None:
             f"| {r['shape']} | {r['dtype']} | {r['op']} | {r['impl']} | {r['pass']} "
             f"| {r['ms']:.2f} | {r['floor_fraction']:.2f} | {r['vs_rmsnorm_torch']:.2f}x |"
         )
+    if not any(r["impl"] == "liger" for r in rows):
+        print(f"| all | all | rmsnorm, dyt | liger | all | {liger} | - | - |")
 
 
 # ------------------------------------------------------------------------------ Appendix C
 
 
-def appendix_c(device, timer, impls, passes):
+def appendix_c(device, timer, impls, passes, liger: str):
     """Total ms of `passes` forward and forward+backward passes, RMSNorm vs DyT/Derf layers."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -220,6 +215,8 @@ def appendix_c(device, timer, impls, passes):
     for impl in [i for i in impls if i != "triton" or _triton_ok(device)]:
         layers.append(("DyT", impl, DyT(config, n, alpha0=0.8, impl=impl)))
         layers.append(("Derf", impl, Derf(config, n, alpha0=0.8, impl=impl)))
+    peers = norm_peers.liger_modules(device, n, dtype, config.layernorm_epsilon, alpha=0.8)
+    layers += [({"rmsnorm": "RMSNorm", "dyt": "DyT"}[op], "liger", m) for op, m in peers.items()]
     x = torch.randn(tokens, n, device=device, dtype=dtype).requires_grad_()
     dy = torch.randn(tokens, n, device=device, dtype=dtype)
 
@@ -269,6 +266,8 @@ def appendix_c(device, timer, impls, passes):
             f"| {r['layer']} | {r['impl']} | {r['pass']} | {r['total_ms']:.1f} "
             f"| {r['vs_rmsnorm']:.2f}x |"
         )
+    if not peers:
+        print(f"| RMSNorm, DyT | liger | all | {liger} | - |")
     return rows
 
 
@@ -296,6 +295,7 @@ def machine_info(device: torch.device) -> dict:
         "device_name": name,
         "torch": torch.__version__,
         "triton": _triton_version(),
+        "liger_kernel": norm_peers.liger_status(device),
     }
 
 
@@ -346,11 +346,11 @@ def main(argv=None) -> int:
                     device, timer, (m, n), DTYPES[dt], args.impls, args.warmup,
                     args.repeats if args.repeats is not None else 7, bandwidth,
                 )  # fmt: skip
-        print_table(rows)
+        print_table(rows, info["liger_kernel"])
         result["rows"] = rows
     else:
         passes = args.repeats if args.repeats is not None else 100
-        result["appendix_c"] = appendix_c(device, timer, args.impls, passes)
+        result["appendix_c"] = appendix_c(device, timer, args.impls, passes, info["liger_kernel"])
         result["appendix_c_settings"] = result.pop("settings")
     out = Path(args.output)
     if args.update and out.exists():

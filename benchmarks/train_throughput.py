@@ -1,16 +1,22 @@
 """Training throughput of `megadyt train` on this machine, against a plain Hugging Face LLaMA.
 
-Runs the tiny config and a ~100M-parameter config (rmsnorm, dyt, derf) for a few steps each in a
-fresh process, single-process (ZeRO stage 0) and under `torch.distributed.run` (data parallel,
-ZeRO-1), reads the logged figures back from metrics.jsonl, and times a `transformers`
-LlamaForCausalLM of the same shape, batch, optimizer and process count (benchmarks/hf_baseline.py)
-in the same run.
+Runs the tiny config and a ~100M-parameter config (rmsnorm, dyt, derf; `--sizes 1b` adds a
+~1.1B one for a GPU) for a few steps each in a fresh process, single-process (ZeRO stage 0)
+and under `torch.distributed.run` (data parallel, ZeRO-1), reads the logged figures back from
+metrics.jsonl, and times a `transformers` LlamaForCausalLM of the same shape, batch, optimizer
+and process count (benchmarks/hf_baseline.py) in the same run.
 The first step of every run is dropped as warm-up; figures are medians of per-step tokens/s.
 Every process gets cpus // nproc torch threads (OMP_NUM_THREADS), so the total is the same.
 DyT/Derf are reported as ratios to RMSNorm and megadyt as a ratio to HF, measured side by side,
 since absolute numbers on shared machines are noisy (`--repeats` interleaves more rounds).
+On CUDA both run in bf16 (megadyt: train.precision auto = DeepSpeed bf16; HF: autocast), and
+each row records the peak allocated memory (megadyt: max of perf/memory_gb over the run,
+torch.cuda.max_memory_allocated on CUDA, peak RSS on CPU; in GiB) for
+benchmarks/plan_memory.py. Each run's directory (with its last-step checkpoint) is deleted once
+read, so a 1B run's ~18 GB checkpoint does not pile up on disk.
 
     python benchmarks/train_throughput.py [--steps 6] [--nproc 1 2] [--output bench-train.json]
+    python benchmarks/train_throughput.py --sizes 100m 1b --norms rmsnorm dyt  # one GPU
 
 Needs transformers: pip install -e '.[bench]'
 """
@@ -22,6 +28,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,7 +52,20 @@ SIZES = {
         "train.micro_batch_size=2",
         "train.global_batch_size=4",
     ],
+    # ~1.1B parameters (1,147,234,350 with the 4096 vocab): TinyLlama's 22 layers × 2048 wide,
+    # FFN 5632, here 16 heads of 128. `megadyt plan` (bf16, ZeRO 0, micro-batch 4): 53.2 GB of
+    # 80, 0.15 s/step at MFU 0.4 on an H100; micro-batch 8 would need 80.4 GB.
+    "1b": [
+        "model.num_layers=22",
+        "model.hidden_size=2048",
+        "model.num_attention_heads=16",
+        "model.ffn_hidden_size=5632",
+        "model.seq_length=2048",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=4",
+    ],
 }
+DEFAULT_SIZES = ["tiny", "100m"]  # 1b is for a GPU: pass --sizes
 # What computes attention in each implementation (for the report).
 ATTENTION = {
     "megadyt": "megatron-core local spec with megadyt's SdpaDotProductAttention "
@@ -105,17 +125,31 @@ def as_sets(overrides: list[str]) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 
 
+def megadyt_config(size: str, norm: str, steps: int, nproc: int, run_dir: Path):
+    """(config path, overrides) of one megadyt run; plan_memory.py rebuilds it from these."""
+    overrides = [*common_overrides(size, steps, nproc, run_dir), f"model.norm={norm}"]
+    return f"configs/tiny/{norm}.yaml", overrides
+
+
 def run_megadyt(size: str, norm: str, steps: int, nproc: int, run_dir: Path) -> dict:
     """One `megadyt train` run; per-step figures from metrics.jsonl, warm-up step dropped."""
-    sets = as_sets([*common_overrides(size, steps, nproc, run_dir), f"model.norm={norm}"])
-    config = f"configs/tiny/{norm}.yaml"
+    config, overrides = megadyt_config(size, norm, steps, nproc, run_dir)
+    sets = as_sets(overrides)
     run_quiet([*launcher(nproc), "-m", "megadyt", "train", "--config", config, *sets], nproc)
     records = [json.loads(x) for x in RunDir(run_dir).metrics.read_text().splitlines()]
-    records = [r for r in records if "tokens_per_s" in r][1:]
+    shutil.rmtree(run_dir, ignore_errors=True)  # the last step's checkpoint: ~18 GB at 1b
+    records = [r for r in records if "tokens_per_s" in r]
+    memory = [r["perf/memory_gb"] for r in records if "perf/memory_gb" in r]
+    records = records[1:]
     return {
         "tokens_per_s": [r["tokens_per_s"] for r in records],
         "tflops_per_device": [r["perf/tflops_per_device"] for r in records],
         "mfu": [r["perf/mfu"] for r in records],
+        "max_memory_gib": max(memory) if memory else None,  # the peak over the whole run
+        "info": {
+            "config": config,
+            "overrides": [o for o in overrides if not o.startswith("run.dir=")],
+        },
     }
 
 
@@ -132,6 +166,7 @@ def run_hf(size: str, steps: int, nproc: int, run_dir: Path) -> dict:
         "tokens_per_s": tps,
         "tflops_per_device": tflops,
         "mfu": [x / info["peak_tflops"] for x in tflops],
+        "max_memory_gib": info.get("max_memory_gib"),
         "info": {k: info[k] for k in ("transformers", "threads", "params", "dtype", "attention")},
     }
 
@@ -153,6 +188,8 @@ def summarise(key: tuple[str, str, int], runs: list[dict]) -> dict:
         "mfu": statistics.median(pooled["mfu"]),
         "steps_tokens_per_s": pooled["tokens_per_s"],
     }
+    memory = [r["max_memory_gib"] for r in runs if r.get("max_memory_gib") is not None]
+    row["max_memory_gib"] = max(memory) if memory else None
     if "info" in runs[0]:
         row.update(runs[0]["info"])
     return row
@@ -188,14 +225,17 @@ def ratio(a: float, b: float | None) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| size | norm | procs | tokens/s | vs rmsnorm | vs HF | TFLOP/s/device | MFU |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| size | norm | procs | tokens/s | vs rmsnorm | vs HF | TFLOP/s/device | MFU | peak GiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        mem = r.get("max_memory_gib")
         print(
             f"| {r['size']} | {r['norm']} | {r['nproc']}×{r['threads_per_process']}t | "
             f"{r['tokens_per_s']:,.0f} | {ratio(r['tokens_per_s'], r.get('rmsnorm_tps'))} | "
             f"{ratio(r['tokens_per_s'], r['hf_tps'])} | {r['tflops_per_device']:.3f} | "
-            f"{r['mfu']:.1%} |"
+            f"{r['mfu']:.1%} | {'-' if mem is None else f'{mem:.2f}'} |"
         )
 
 
@@ -203,7 +243,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--nproc", type=int, nargs="+", default=[1])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, choices=list(SIZES))
     parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=NORMS)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds, pooled")
     parser.add_argument("--output", default="bench-train.json")

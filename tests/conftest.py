@@ -173,3 +173,15 @@ def train_command(run_dir: Path, steps: int, save_interval: int) -> list[str]:
         "configs/tiny/dyt.yaml",
         *[a for s in sets for a in ("--set", s)],
     ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` are skipped on machines without CUDA (they run on one H100/H200)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
