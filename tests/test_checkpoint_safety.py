@@ -8,7 +8,11 @@ previous checkpoint and either stops the run or, when configured, lets it contin
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import train_small
@@ -115,3 +119,50 @@ def test_checkpoint_of_another_model_is_refused(trained, tmp_path):
         _run, world_size=1, overrides=[f"run.dir={run}", "train.steps=9", "model.norm=rmsnorm"]
     )[0]
     assert "model.norm='dyt' there vs 'rmsnorm' here" in refused["error"], refused
+
+
+# -- a real full disk ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str):
+    """A real small filesystem (root can mount tmpfs; CI runs as root)."""
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI has it)")
+@pytest.mark.parametrize("policy", ["stop", "warn"])
+def test_real_full_disk_fails_the_save_cleanly(tmp_path, policy):
+    """torch's writer raises RuntimeError, not OSError, when the disk fills: still a failed
+    save with one line naming the directory and the free space, no partial checkpoint left."""
+    with _tmpfs(tmp_path / "small", "600k") as disk:
+        run = disk / "run"
+        result = run_distributed(
+            _run,
+            world_size=1,
+            overrides=[f"run.dir={run}", "train.steps=6", f"train.on_save_error={policy}"],
+        )[0]
+        leftovers = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
+        latest = (run / "checkpoints" / "latest").exists()
+    assert leftovers == [] and not latest  # nothing that looks like a checkpoint
+    if policy == "stop":
+        assert result["type"] == "CheckpointSaveError", result
+        error = result["error"]
+        assert "checkpoint save at step 3 failed" in error and "MiB free there" in error
+        assert str(run / "checkpoints") in error and "\n" not in error
+    else:
+        assert sorted(result["losses"]) == list(range(1, 7))  # trained on past both failures
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI has it)")
+def test_full_disk_at_start_is_one_line(tmp_path):
+    with _tmpfs(tmp_path / "tiny", "4k") as disk:
+        with contextlib.suppress(OSError):
+            (disk / "filler").write_bytes(b"x" * 65536)  # fills the 4 KiB filesystem
+        result = run_distributed(_run, world_size=1, overrides=[f"run.dir={disk / 'run'}"])[0]
+    assert result["type"] == "MegadytError", result
+    assert result["error"].startswith(f"cannot write {disk / 'run' / 'config.yaml'}")
+    assert "\n" not in result["error"]

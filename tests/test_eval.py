@@ -264,6 +264,7 @@ def test_eval_cli_reports_json_tensorboard_and_failed_hub_task(run_dir, tmp_path
     assert "task arc_easy failed" in proc.stderr and "hub" in proc.stderr
     assert "task no_such_task failed: unknown task" in proc.stderr
     assert "| stdlib_nextline | acc |" in proc.stdout
+    assert f"evaluating step 4: {run_dir / 'checkpoints' / 'step_0000004'}" in proc.stdout
     result = json.loads(out.read_text())
     assert set(result["errors"]) == {"arc_easy", "no_such_task"}
     score = result["tasks"]["stdlib_nextline"]["value"]
@@ -285,6 +286,59 @@ def test_eval_cli_user_errors(tmp_path):
         env=clean_env(),
     )
     assert proc.returncode == 2 and "no checkpoint found" in proc.stderr
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "megadyt", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"),
+    )
+
+
+def test_eval_and_export_refuse_checkpoints_that_fail_the_manifest(run_dir, tmp_path):
+    """Readers verify the weights they read, as a resume does; --no-verify opts out."""
+    import shutil
+
+    from megadyt.training.rundir import RunDir, manifest_file, resolve_checkpoint, weights_file
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    tag_dir = resolve_checkpoint(copy)
+    shard = weights_file(tag_dir, 0)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the weights
+    shard.write_bytes(bytes(data))
+
+    refused = _cli("export", "--checkpoint", str(copy), "--output", str(tmp_path / "w.pt"))
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert f"checkpoint file {shard} fails its checksum" in refused.stderr
+    assert "--no-verify" in refused.stderr and not (tmp_path / "w.pt").exists()
+    forced = _cli(
+        "export", "--checkpoint", str(copy), "--output", str(tmp_path / "w.pt"), "--no-verify"
+    )
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "exported step 4" in forced.stdout and "unverified" in forced.stdout
+
+    (shard.parent / "tp_rank_01.pt").write_bytes(shard.read_bytes())  # a shard added later
+    added = _cli("export", "--checkpoint", str(copy), "--output", str(tmp_path / "x.pt"))
+    assert added.returncode == 2 and "tp_rank_01.pt is not covered" in added.stderr
+
+    manifest_file(tag_dir).unlink()
+    incomplete = _cli("eval", "--checkpoint", str(copy), "--tasks", "stdlib_nextline")
+    assert incomplete.returncode == 2, incomplete.stderr[-2000:]
+    assert f"checkpoint {tag_dir} has no manifest.json" in incomplete.stderr
+    assert str(RunDir(copy).latest_file) in incomplete.stderr
+
+
+def test_export_names_the_verified_step(run_dir, tmp_path):
+    proc = _cli("export", "--checkpoint", str(run_dir), "--output", str(tmp_path / "w.pt"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exported step 4" in proc.stdout and ", verified)" in proc.stdout
+    assert (tmp_path / "w.pt").is_file() and (tmp_path / "w.yaml").is_file()
 
 
 def test_suites_expand_to_the_papers_15_tasks():

@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--output", metavar="FILE.json", help="write the results here")
     parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="read the weights without checking them against the checkpoint's manifest",
+    )
+    parser.add_argument(
         "--run-dir",
         metavar="DIR",
         help="also write DIR/eval/step_NNNNNNN.json and TensorBoard scalars under DIR/tb",
@@ -64,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     names = expand_tasks(args.tasks)
     if args.limit is not None and args.limit < 1:
         raise MegadytError(f"--limit {args.limit}: give a positive number of documents")
+    print(f"evaluating step {step}: {tag_dir}" + (" (unverified)" if args.no_verify else ""))
     start = time.perf_counter()
     try:
         lm = MegadytLM(
@@ -71,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
             dtype=args.dtype,
+            verify=not args.no_verify,
         )
         # The offline tasks build their data under the run's data.cache_dir.
         with using_cache_dir(lm.cfg.data.cache_dir):

@@ -46,13 +46,17 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_checkpoint_model(
-    checkpoint: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+    checkpoint: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    verify: bool = True,
 ) -> tuple[torch.nn.Module, Config]:
-    """(TP=1 model in eval mode on `device`, its config) from any megadyt checkpoint.
+    """(TP=1 model in eval mode on `device`, its config) from any megadyt checkpoint, its
+    weights checked against the manifest unless `verify` is False.
 
     Initialises a single-process distributed state (TP=1) if none exists yet.
     """
-    cfg, state = load_tp1_weights(checkpoint)
+    cfg, state = load_tp1_weights(checkpoint, verify=verify)
     if not parallel_state.model_parallel_is_initialized():
         init_distributed(tp=1)
     if parallel_state.get_tensor_model_parallel_world_size() != 1:
@@ -95,6 +99,7 @@ class MegadytLM(TemplateLM):
         max_length: int | None = None,
         dtype: str = "float32",
         max_gen_toks: int = 256,
+        verify: bool = True,
         *,
         model: torch.nn.Module | None = None,
         cfg: Config | None = None,
@@ -112,7 +117,7 @@ class MegadytLM(TemplateLM):
             }.get(str(dtype))
             if torch_dtype is None:
                 raise MegadytError(f"dtype {dtype!r}: use float32, bfloat16 or float16")
-            model, cfg = load_checkpoint_model(checkpoint, device, torch_dtype)
+            model, cfg = load_checkpoint_model(checkpoint, device, torch_dtype, verify=verify)
         elif cfg is None:
             raise MegadytError("MegadytLM(model=...) also needs cfg=")
         self.model = model

@@ -50,6 +50,25 @@ def _any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def describe_write_error(exc: Exception, fallback_path: Path) -> str:
+    """One line for a failed write: the reason, the file, and the free space left there.
+
+    A full disk is an OSError from Python's own writes but a RuntimeError from torch's zip
+    writer (and DeepSpeed may raise others), so every exception is described the same way."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        path = Path(exc.filename) if exc.filename else fallback_path
+    else:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = f"{type(exc).__name__}: {(lines[-1] if lines else 'no message')[:200]}"
+        path = fallback_path
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    free = ""
+    if existing is not None:
+        free = f", {shutil.disk_usage(existing).free / 2**20:,.1f} MiB free there"
+    return f"{reason} ({path}{free})"
+
+
 def _write_manifest(tag_dir: Path, step: int, model: dict | None) -> None:
     files = sorted(p for p in tag_dir.rglob("*") if p.is_file() and p != manifest_file(tag_dir))
     manifest = {
@@ -91,15 +110,15 @@ def save_checkpoint(
             torch.save(rng_state(), tmp)
         if before_publish is not None:
             before_publish(tag_dir)
-    except OSError as exc:
-        error = f"rank {rank}: {exc.strerror or exc} ({getattr(exc, 'filename', None) or tag_dir})"
+    except Exception as exc:  # noqa: BLE001 - any failure of a write is a failed save
+        error = f"rank {rank}: {describe_write_error(exc, tag_dir)}"
     failed = _any_rank(error is not None)
     if not failed and rank == 0:
         try:
             _write_manifest(tag_dir, step, model)
             run.publish_latest(tag)
-        except OSError as exc:
-            error = f"rank 0: {exc.strerror or exc} (writing {manifest_file(tag_dir)})"
+        except Exception as exc:  # noqa: BLE001
+            error = f"rank 0: {describe_write_error(exc, manifest_file(tag_dir))}"
     if _any_rank(error is not None):
         messages = [None] * dist.get_world_size()
         dist.all_gather_object(messages, error)
@@ -122,8 +141,11 @@ def has_checkpoint(run: RunDir) -> bool:
     return bool(answer[0])
 
 
-def verify_checkpoint(tag_dir: Path) -> dict:
-    """Check sizes and checksums against the manifest; raise naming the first bad file."""
+def verify_checkpoint(tag_dir: Path, only: str | None = None) -> dict:
+    """Check sizes and checksums against the manifest; raise naming the first bad file.
+
+    `only` (a subdirectory, e.g. the weights) limits the check to the files a reader uses;
+    then every file there must be in the manifest, so an added or swapped file is refused too."""
     tag_dir = Path(tag_dir)
     if not manifest_file(tag_dir).is_file():
         raise MegadytError(
@@ -131,7 +153,18 @@ def verify_checkpoint(tag_dir: Path) -> dict:
             f"delete it or point {RunDir.of_checkpoint(tag_dir).latest_file} at an earlier step"
         )
     manifest = json.loads(manifest_file(tag_dir).read_text())
-    for rel, meta in manifest["files"].items():
+    files = manifest["files"]
+    if only is not None:
+        files = {rel: meta for rel, meta in files.items() if rel.startswith(f"{only}/")}
+        on_disk = {str(p.relative_to(tag_dir)) for p in (tag_dir / only).rglob("*") if p.is_file()}
+        unlisted = sorted(on_disk - set(files))
+        if unlisted or not files:
+            culprit = tag_dir / unlisted[0] if unlisted else tag_dir / only
+            raise MegadytError(
+                f"checkpoint file {culprit} is not covered by {manifest_file(tag_dir).name} "
+                "(added or replaced after the save); restore the checkpoint"
+            )
+    for rel, meta in files.items():
         path = tag_dir / rel
         if not path.is_file() or path.stat().st_size != meta["bytes"]:
             raise MegadytError(

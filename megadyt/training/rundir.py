@@ -106,8 +106,15 @@ class RunDir:
         return self.root / CHECKPOINTS_DIR
 
     def write_config(self, config: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config, yaml.safe_dump(config, sort_keys=False))
+        """The run's config copy, atomically; a full or unwritable disk is one clear error."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.config, yaml.safe_dump(config, sort_keys=False))
+        except OSError as exc:
+            raise MegadytError(
+                f"cannot write {self.config}: {exc.strerror or exc}; free space in "
+                "run.dir or choose another one"
+            ) from exc
 
     def read_config(self) -> dict:
         """The run's config as a dict; {} when the run has none (e.g. not written by train)."""

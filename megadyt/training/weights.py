@@ -19,6 +19,7 @@ from megadyt.atomic import atomic_output
 from megadyt.config import Config, config_from_dict
 from megadyt.errors import MegadytError
 from megadyt.parallel.tp_shards import merge_tensor, tp_layout
+from megadyt.training.checkpoint import verify_checkpoint
 from megadyt.training.rundir import (
     WEIGHTS_DIR,
     resolve_checkpoint,
@@ -47,9 +48,19 @@ def save_tp_shard(engine, cfg: Config, tag_dir: Path) -> None:
         torch.save(payload, tmp)
 
 
-def load_tp1_weights(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
-    """(the run's config with parallel.tp=1, sp off; the merged full state dict)."""
+def load_tp1_weights(
+    path: str | Path, verify: bool = True
+) -> tuple[Config, dict[str, torch.Tensor]]:
+    """(the run's config with parallel.tp=1, sp off; the merged full state dict).
+
+    The weights files are checked against the checkpoint's manifest first, as a resume checks
+    the whole checkpoint; `verify=False` reads them unchecked (the CLI's --no-verify)."""
     tag_dir = resolve_checkpoint(path)
+    if verify:
+        try:
+            verify_checkpoint(tag_dir, only=WEIGHTS_DIR)
+        except MegadytError as exc:
+            raise MegadytError(f"{exc} (or pass --no-verify to read it unchecked)") from exc
     files = weights_files(tag_dir)
     if not files:
         raise MegadytError(f"checkpoint {tag_dir} has no {WEIGHTS_DIR}/tp_rank_*.pt files")
