@@ -185,3 +185,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+# The inputs of one DyT/Derf call, in the order the norm functions take them.
+NORM_INPUT_NAMES = ("x", "alpha", "shift", "weight", "bias")
+
+
+def norm_inputs(kind: str, shape, dtype, with_bias: bool, seed: int = 0):
+    """({name: tensor or None}, upstream gradient) in `dtype` on the CPU: x spread into tanh/erf
+    saturation and non-trivial α, s, γ, β (the fused-kernel tests, CPU and GPU)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    n = shape[-1]
+    t = {
+        "x": torch.randn(*shape, generator=g) * 2.0,
+        "alpha": torch.tensor([0.73]),
+        "shift": torch.tensor([0.21]) if kind == "derf" else None,
+        "weight": torch.randn(n, generator=g) * 0.5 + 1.0,
+        "bias": torch.randn(n, generator=g) * 0.1 if with_bias else None,
+    }
+    upstream = torch.randn(*shape, generator=g).to(dtype)
+    return {k: None if v is None else v.to(dtype) for k, v in t.items()}, upstream

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NORM_INPUT_NAMES, norm_inputs
 
 from megadyt.norms import dispatch, fused_cpu
 from megadyt.norms.functional import derf, derf_reference, dyt, dyt_reference
@@ -26,22 +27,10 @@ TOL = {
     torch.bfloat16: dict(out=(1.6e-2, 1e-2), grad=(2e-2, 2e-2)),
     torch.float16: dict(out=(2e-3, 2e-3), grad=(4e-3, 4e-3)),
 }
-NAMES = ("x", "alpha", "shift", "weight", "bias")
+NAMES = NORM_INPUT_NAMES
 
 
-def make_inputs(kind, shape, dtype, with_bias, seed=0):
-    """x with a spread that reaches tanh/erf saturation, and non-trivial parameters."""
-    g = torch.Generator().manual_seed(seed)
-    n = shape[-1]
-    t = {
-        "x": torch.randn(*shape, generator=g) * 2.0,
-        "alpha": torch.tensor([0.73]),
-        "shift": torch.tensor([0.21]) if kind == "derf" else None,
-        "weight": torch.randn(n, generator=g) * 0.5 + 1.0,
-        "bias": torch.randn(n, generator=g) * 0.1 if with_bias else None,
-    }
-    upstream = torch.randn(*shape, generator=g).to(dtype)
-    return {k: None if v is None else v.to(dtype) for k, v in t.items()}, upstream
+make_inputs = norm_inputs  # shared with the GPU kernel tests
 
 
 def call(kind, impl, t):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SMALL_TRAINING
+from conftest import NORM_INPUT_NAMES, SMALL_TRAINING, norm_inputs
 
 pytestmark = pytest.mark.gpu
 
@@ -37,22 +37,13 @@ SUM_ATOL = 1e-5
 # are not powers of two; 10007x129 and 257x4097 make each backward program loop over several
 # row blocks. Each case alternates with/without β, so every kind × dtype sees both.
 TRITON_CASES = [((5, 1), False), ((3, 5, 7), True), ((10007, 129), False), ((257, 4097), True)]
-NAMES = ("x", "alpha", "shift", "weight", "bias")
+NAMES = NORM_INPUT_NAMES
 
 
 def _norm_inputs(kind: str, shape, dtype, with_bias: bool, seed: int = 0):
-    """x spread into tanh/erf saturation, non-trivial parameters, an upstream gradient; CUDA."""
-    g = torch.Generator().manual_seed(seed)
-    n = shape[-1]
-    t = {
-        "x": torch.randn(*shape, generator=g) * 2.0,
-        "alpha": torch.tensor([0.73]),
-        "shift": torch.tensor([0.21]) if kind == "derf" else None,
-        "weight": torch.randn(n, generator=g) * 0.5 + 1.0,
-        "bias": torch.randn(n, generator=g) * 0.1 if with_bias else None,
-    }
-    dy = torch.randn(*shape, generator=g).to(dtype).cuda()
-    return {k: None if v is None else v.to(dtype).cuda() for k, v in t.items()}, dy
+    """The shared fused-norm inputs (conftest.norm_inputs), on CUDA."""
+    inputs, dy = norm_inputs(kind, shape, dtype, with_bias, seed)
+    return {k: None if v is None else v.cuda() for k, v in inputs.items()}, dy.cuda()
 
 
 def _apply(kind: str, impl: str, t: dict):
