@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from megadyt.config import load_config  # noqa: E402
 from megadyt.config.schema import Config, ModelConfig  # noqa: E402
 from megadyt.model.counting import count_parameters  # noqa: E402
 from megadyt.model.flops import flops_per_token  # noqa: E402
-from megadyt.training.hardware import peak_tflops  # noqa: E402
+from megadyt.training.hardware import memory_gb, peak_tflops  # noqa: E402
 from megadyt.training.optim import lr_at  # noqa: E402
 
 ATTENTION = "sdpa"
@@ -139,15 +138,8 @@ def train(cfg: Config, steps: int) -> dict:
         "attention": ATTENTION,
         "dtype": "bf16 autocast" if bf16 else "fp32",
         "gradient_accumulation": gas,
-        "max_memory_gib": peak_memory_gib(on_cuda),
+        "max_memory_gib": memory_gb(),  # as megadyt logs perf/memory_gb
     }
-
-
-def peak_memory_gib(on_cuda: bool) -> float:
-    """Peak allocated CUDA memory, else the peak RSS of this process (GiB)."""
-    if on_cuda:
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def main() -> None:

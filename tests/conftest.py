@@ -207,3 +207,15 @@ def norm_inputs(kind: str, shape, dtype, with_bias: bool, seed: int = 0):
     }
     upstream = torch.randn(*shape, generator=g).to(dtype)
     return {k: None if v is None else v.to(dtype) for k, v in t.items()}, upstream
+
+
+def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None):
+    """`python -m megadyt ARGS` as a real process from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "megadyt", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env=env,
+    )

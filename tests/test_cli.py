@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from conftest import TINY as TINY_YAML
 
 from megadyt.cli.main import main
@@ -73,16 +71,6 @@ def test_info_says_which_alpha_init_applies(capsys):
     assert "rule: α starts at α₀" in capsys.readouterr().out
     assert main(["info", "--config", TINY]) == 0
     assert "α = 2/std(input) for attention norms" in capsys.readouterr().out
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "megadyt", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
 
 
 def test_subprocess_bad_config_and_debug():

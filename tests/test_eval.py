@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, clean_env, train_tiny
+from conftest import ROOT, clean_env, run_cli, train_tiny
 
 LONG_TEXT = (ROOT / "megadyt" / "evaluation" / "lm.py").read_text()[:2500]
 
@@ -288,15 +288,8 @@ def test_eval_cli_user_errors(tmp_path):
     assert proc.returncode == 2 and "no checkpoint found" in proc.stderr
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "megadyt", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=clean_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"),
-    )
+def _cli(*args: str):
+    return run_cli(*args, timeout=300, env=clean_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"))
 
 
 def test_eval_and_export_refuse_checkpoints_that_fail_the_manifest(run_dir, tmp_path):

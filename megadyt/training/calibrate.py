@@ -68,11 +68,13 @@ def describe(records: list[CalibratedAlpha]) -> str:
     return ", ".join(f"{r.name} {r.alpha:g}" for r in records)
 
 
-def log_calibration(engine, norm_names: set[str], cfg: Config, records, writer) -> None:
+def log_calibration(
+    engine, norm_names: set[str], run: RunDir, cfg: Config, records, writer
+) -> None:
     """Calibrated α: a console line, the run's calibration.json (rank 0) and the step-0 scalars
     read back from the engine (after any ZeRO partitioning: gathered for the read)."""
     if dist.get_rank() == 0:
-        path = save_calibration(RunDir(cfg.run.dir), cfg, records)
+        path = save_calibration(run, cfg, records)
         writer.message(f"calibrated α ({path}): {describe(records)}")
     small = [p for n, p in engine.module.named_parameters() if n in norm_names]
     with whole_parameters(engine, small):

@@ -172,7 +172,9 @@ class Trainer:
         if resumed:
             writer.message(f"resumed from {self.checkpointer.tag_dir(first)}")
         elif self.calibration:
-            log_calibration(self.engine, self.norm_names, self.cfg, self.calibration, writer)
+            log_calibration(
+                self.engine, self.norm_names, self.run_dir, self.cfg, self.calibration, writer
+            )
         return writer
 
     def _log(self, step: int, outcome: StepOutcome, writer: MetricsWriter, steps_here: int) -> None:
