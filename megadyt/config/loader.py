@@ -158,8 +158,23 @@ def merge_overrides(data: dict, overrides: list[str], renamed: set[str] | None =
     return data
 
 
+def _directory_error(path: Path) -> ConfigError:
+    """`--config configs/tiny` is a common slip: say it is a directory and name files in it."""
+    files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if not files:
+        hint = "pass a YAML file, e.g. configs/tiny/dyt.yaml"
+    elif len(files) <= 3:
+        hint = f"pass one of its files: {', '.join(str(f) for f in files)}"
+    else:
+        hint = f"pass one of its {len(files)} YAML files, e.g. {files[0]}"
+    return ConfigError(f"config '{path}' is a directory, not a YAML file; {hint}")
+
+
 def read_yaml(path: str | Path) -> dict:
+    """The YAML mapping at `path`; a missing file, a directory or bad YAML is a ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        raise _directory_error(path)
     if not path.is_file():
         raise ConfigError(
             f"config file '{path}' not found; pass an existing YAML, e.g. configs/tiny/dyt.yaml"

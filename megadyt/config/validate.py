@@ -1,8 +1,15 @@
-"""Cross-field checks of a Config: impossible layouts fail here, once, with the key named."""
+"""Cross-field checks of a Config: impossible layouts fail here, once, with the key named.
+
+Single-value checks (a count that must be positive, a stage from a fixed set) stop at the first
+bad value. The layout checks (divisibility by heads, TP, world size, batch) are all collected and
+reported in one error, so a user fixes a layout in one rerun instead of one problem per rerun.
+"""
 
 from __future__ import annotations
 
-from megadyt.config.schema import Config
+from typing import NamedTuple
+
+from megadyt.config.schema import Config, ModelConfig, ParallelConfig, TrainConfig
 from megadyt.errors import ConfigError
 
 
@@ -11,14 +18,48 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def check_world_size(world_size: int, tp: int) -> None:
-    """The launch must hold whole tensor-parallel groups (config validation and
-    `init_distributed` both ask here)."""
-    _require(
-        world_size % tp == 0,
-        f"world size {world_size} is not divisible by parallel.tp ({tp}); "
+class Problem(NamedTuple):
+    """One violated layout rule: what is wrong and, where the rule does not say it, the fix."""
+
+    what: str
+    fix: str = ""
+
+    def alone(self) -> str:
+        """The message when this is the only problem (unchanged from the one-at-a-time checks)."""
+        return f"{self.what}; {self.fix}" if self.fix else self.what
+
+    def listed(self) -> str:
+        """Its entry in a '; '-joined list (the fix in parentheses: not mistaken for an entry)."""
+        return f"{self.what} ({self.fix})" if self.fix else self.what
+
+
+def raise_problems(problems: list[Problem]) -> None:
+    """Raise one one-line ConfigError naming every problem (none: return)."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0].alone())
+    if problems:
+        listed = "; ".join(problem.listed() for problem in problems)
+        raise ConfigError(f"{len(problems)} layout problems: {listed}")
+
+
+def _divisible(value: int, divisor: int, message: str, fix: str = "") -> list[Problem]:
+    return [] if value % divisor == 0 else [Problem(message, fix)]
+
+
+def world_size_problems(world_size: int, tp: int) -> list[Problem]:
+    """The launch must hold whole tensor-parallel groups."""
+    return _divisible(
+        world_size,
+        tp,
+        f"world size {world_size} is not divisible by parallel.tp ({tp})",
         "launch a multiple of tp processes",
     )
+
+
+def check_world_size(world_size: int, tp: int) -> None:
+    """Raise if `world_size` ranks cannot hold whole TP groups (config validation and
+    `init_distributed` both ask here)."""
+    raise_problems(world_size_problems(world_size, tp))
 
 
 def check_data_weights(prefixes: list[str], weights: list[float] | None) -> None:
@@ -29,9 +70,7 @@ def check_data_weights(prefixes: list[str], weights: list[float] | None) -> None
     )
 
 
-def validate_config(cfg: Config, world_size: int | None = None) -> Config:
-    """Check `cfg` (and its layout on `world_size` ranks when given); return it unchanged."""
-    m, p, t, d = cfg.model, cfg.parallel, cfg.train, cfg.data
+def _check_model_values(m: ModelConfig) -> None:
     for key in (
         "num_layers",
         "hidden_size",
@@ -41,17 +80,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> Config:
         "seq_length",
     ):
         _require(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}")
-    _require(
-        m.hidden_size % m.num_attention_heads == 0,
-        f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads "
-        f"({m.num_attention_heads})",
-    )
     _require(m.kv_heads > 0, f"model.num_query_groups must be positive, got {m.kv_heads}")
-    _require(
-        m.num_attention_heads % m.kv_heads == 0,
-        f"model.num_attention_heads ({m.num_attention_heads}) must be divisible by "
-        f"model.num_query_groups ({m.kv_heads})",
-    )
     for key in ("alpha0_attention", "alpha0_ffn", "alpha0_final"):
         value = getattr(m, key)
         _require(value is None or value > 0, f"model.{key} must be positive, got {value}")
@@ -63,30 +92,24 @@ def validate_config(cfg: Config, world_size: int | None = None) -> Config:
         f"model.init_std must be positive or 'auto', got {m.init_std}",
     )
 
+
+def _check_parallel_values(p: ParallelConfig) -> None:
     _require(p.tp >= 1, f"parallel.tp must be >= 1, got {p.tp}")
     _require(
         p.zero_stage in (0, 1, 2, 3),
         f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}",
     )
-    _require(not p.sp or p.tp > 1, "parallel.sp=true needs parallel.tp > 1 (SP splits over TP)")
     _require(
         not p.offload_optimizer or p.zero_stage in (2, 3),
         f"parallel.offload_optimizer needs parallel.zero_stage 2 or 3, got {p.zero_stage}",
     )
-    for key, value in (
-        ("model.num_attention_heads", m.num_attention_heads),
-        ("model.num_query_groups", m.kv_heads),
-        ("model.ffn_hidden_size", m.ffn_hidden_size),
-        ("model.vocab_size", m.vocab_size),
-    ):
-        _require(value % p.tp == 0, f"{key} ({value}) must be divisible by parallel.tp ({p.tp})")
-    if p.sp:
-        _require(
-            m.seq_length % p.tp == 0,
-            f"model.seq_length ({m.seq_length}) must be divisible by parallel.tp ({p.tp}) "
-            "under sequence parallelism",
-        )
+    _require(
+        p.timeout_minutes > 0,
+        f"parallel.timeout_minutes must be positive, got {p.timeout_minutes}",
+    )
 
+
+def _check_train_values(t: TrainConfig, tp: int) -> None:
     for key in (
         "steps",
         "micro_batch_size",
@@ -116,15 +139,11 @@ def validate_config(cfg: Config, world_size: int | None = None) -> Config:
         f"({t.spike_window})",
     )
     _require(
-        p.timeout_minutes > 0,
-        f"parallel.timeout_minutes must be positive, got {p.timeout_minutes}",
-    )
-    _require(
         t.zero_shot_interval > 0,
         f"train.zero_shot_interval must be positive, got {t.zero_shot_interval}",
     )
     _require(
-        not t.zero_shot_tasks or p.tp == 1,
+        not t.zero_shot_tasks or tp == 1,
         "train.zero_shot_tasks needs parallel.tp=1 (evaluate TP>1 runs afterwards with "
         "megadyt eval, which merges the TP shards)",
     )
@@ -139,20 +158,79 @@ def validate_config(cfg: Config, world_size: int | None = None) -> Config:
         t.stop_at_step is None or t.stop_at_step > 0,
         f"train.stop_at_step must be positive, got {t.stop_at_step}",
     )
-    _require(
-        t.global_batch_size % t.micro_batch_size == 0,
+
+
+def _head_problems(m: ModelConfig) -> list[Problem]:
+    return _divisible(
+        m.hidden_size,
+        m.num_attention_heads,
+        f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads "
+        f"({m.num_attention_heads})",
+    ) + _divisible(
+        m.num_attention_heads,
+        m.kv_heads,
+        f"model.num_attention_heads ({m.num_attention_heads}) must be divisible by "
+        f"model.num_query_groups ({m.kv_heads})",
+    )
+
+
+def _tp_problems(m: ModelConfig, p: ParallelConfig) -> list[Problem]:
+    problems = []
+    if p.sp and p.tp == 1:
+        problems.append(Problem("parallel.sp=true needs parallel.tp > 1 (SP splits over TP)"))
+    for key, value in (
+        ("model.num_attention_heads", m.num_attention_heads),
+        ("model.num_query_groups", m.kv_heads),
+        ("model.ffn_hidden_size", m.ffn_hidden_size),
+        ("model.vocab_size", m.vocab_size),
+    ):
+        problems += _divisible(
+            value, p.tp, f"{key} ({value}) must be divisible by parallel.tp ({p.tp})"
+        )
+    if p.sp:
+        problems += _divisible(
+            m.seq_length,
+            p.tp,
+            f"model.seq_length ({m.seq_length}) must be divisible by parallel.tp ({p.tp}) "
+            "under sequence parallelism",
+        )
+    return problems
+
+
+def _batch_problems(t: TrainConfig, tp: int, world_size: int | None) -> list[Problem]:
+    problems = _divisible(
+        t.global_batch_size,
+        t.micro_batch_size,
         f"train.global_batch_size ({t.global_batch_size}) must be a multiple of "
         f"train.micro_batch_size ({t.micro_batch_size})",
     )
-    if world_size is not None:
-        check_world_size(world_size, p.tp)
-        dp = world_size // p.tp
-        _require(
-            t.global_batch_size % (t.micro_batch_size * dp) == 0,
-            f"train.global_batch_size ({t.global_batch_size}) must be a multiple of "
-            f"train.micro_batch_size × data-parallel size ({t.micro_batch_size} × {dp})",
-        )
+    if world_size is None:
+        return problems
+    world = world_size_problems(world_size, tp)
+    if world or problems:
+        return problems + world  # no data-parallel size to check (or already not a multiple)
+    dp = world_size // tp
+    return _divisible(
+        t.global_batch_size,
+        t.micro_batch_size * dp,
+        f"train.global_batch_size ({t.global_batch_size}) must be a multiple of "
+        f"train.micro_batch_size × data-parallel size ({t.micro_batch_size} × {dp})",
+    )
 
-    _require(len(d.prefixes) > 0, "data.prefixes must name at least one dataset")
-    check_data_weights(d.prefixes, d.weights)
+
+def layout_problems(cfg: Config, world_size: int | None = None) -> list[Problem]:
+    """Every violated divisibility rule of `cfg` (on `world_size` ranks when given); assumes the
+    single-value checks passed (no zero or negative sizes)."""
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+    return _head_problems(m) + _tp_problems(m, p) + _batch_problems(t, p.tp, world_size)
+
+
+def validate_config(cfg: Config, world_size: int | None = None) -> Config:
+    """Check `cfg` (and its layout on `world_size` ranks when given); return it unchanged."""
+    _check_model_values(cfg.model)
+    _check_parallel_values(cfg.parallel)
+    _check_train_values(cfg.train, cfg.parallel.tp)
+    raise_problems(layout_problems(cfg, world_size))
+    _require(len(cfg.data.prefixes) > 0, "data.prefixes must name at least one dataset")
+    check_data_weights(cfg.data.prefixes, cfg.data.weights)
     return cfg
