@@ -6,7 +6,8 @@ the sequence length and the seed to megatron-core's `BlendedMegatronDatasetBuild
 indices under `data.cache_dir/megatron_index`, so the same seed gives the same samples and a
 resumed run sees the same order. Each sample is a dict of "tokens" and "labels" (int64
 [seq_length]), "loss_mask" (float [seq_length]) and "position_ids"; no attention mask is
-materialised (the model builds its causal mask).
+materialised (the model builds its causal mask). Each prefix is first checked for damage
+(`megadyt.data.integrity`) and for token ids beyond the tokenizer's vocabulary.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from megadyt.config.schema import Config
 from megadyt.config.validate import check_data_weights
 from megadyt.data.builtin import resolve_data
+from megadyt.data.integrity import check_indexed_dataset, document_count
 from megadyt.data.spm import Tokenizer
 from megadyt.errors import MegadytError
 
@@ -58,25 +60,42 @@ class MegatronTokenizerAdapter:
         return self.tokenizer.decode(ids)
 
 
-def check_token_ids(prefix: str, limit: int, key: str) -> None:
-    """Raise if ids in `prefix` reach `limit` (read from both ends of the .bin: cheap)."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    try:
-        dataset = IndexedDataset(prefix)
-    except Exception as exc:  # a damaged or foreign file
-        raise MegadytError(f"cannot read dataset {prefix!r} ({type(exc).__name__}: {exc})")
-    dtype = dataset.index.dtype
-    del dataset
-    tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
-    if tokens.size == 0:
+def check_token_ids(prefix: str, dtype: type[np.integer], limit: int, key: str) -> None:
+    """Raise if ids in `prefix` (tokens of `dtype`) reach `limit` (read from both ends of the
+    .bin: cheap)."""
+    if os.path.getsize(prefix + ".bin") == 0:  # np.memmap cannot map an empty file
         raise MegadytError(f"dataset {prefix!r} holds no tokens; prepare it again")
+    tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
     top = max(int(tokens[:SCAN_TOKENS].max()), int(tokens[-SCAN_TOKENS:].max()))
     if top >= limit:
         raise MegadytError(
             f"dataset {prefix!r} contains token id {top} >= {limit}, {key}: it was prepared "
             "with a different tokenizer; prepare it again with data.tokenizer"
         )
+
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def check_split_has_documents(prefix: str, split: str, sizes: list[int]) -> None:
+    """Each split that samples are drawn from gets at least one document of `prefix`, the way
+    megatron-core cuts it; an empty one would make megatron-core loop forever counting epochs."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
+
+    documents = document_count(prefix)
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+    for name, bounds, wanted in zip(SPLIT_NAMES, matrix, sizes, strict=True):
+        if wanted <= 0 or bounds is None:
+            continue
+        begin, end = (int(round(b * documents)) for b in bounds)
+        if end <= begin:
+            raise MegadytError(
+                f"data.split {split!r} leaves the {name} split no document of {prefix!r} "
+                f"({documents} documents); give that split a larger share or use more data"
+            )
 
 
 def build_datasets(cfg: Config, tokenizer: Tokenizer, num_samples: tuple[int, int, int]) -> tuple:
@@ -105,7 +124,12 @@ def build_datasets(cfg: Config, tokenizer: Tokenizer, num_samples: tuple[int, in
         f"{cfg.model.vocab_size})"
     )
     for prefix in prefixes:
-        check_token_ids(prefix, tokenizer.vocab_size, vocab_key)
+        dtype = check_indexed_dataset(prefix)  # damage: one line here, not a traceback later
+        check_token_ids(prefix, dtype, tokenizer.vocab_size, vocab_key)
+
+    sizes = [int(n) for n in num_samples]
+    for prefix in prefixes:
+        check_split_has_documents(prefix, cfg.data.split, sizes)
 
     config = GPTDatasetConfig(
         random_seed=cfg.train.seed,
@@ -120,7 +144,6 @@ def build_datasets(cfg: Config, tokenizer: Tokenizer, num_samples: tuple[int, in
         create_attention_mask=False,
         mid_level_dataset_surplus=0.005,
     )
-    sizes = [int(n) for n in num_samples]
     try:
         train, valid, test = BlendedMegatronDatasetBuilder(
             GPTDataset, sizes, lambda: True, config

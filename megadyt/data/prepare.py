@@ -10,6 +10,8 @@ Design:
 - Output goes to `PREFIX.bin.tmp-PID`/`PREFIX.idx.tmp-PID`, renamed at the very end (an old
   `.idx` is removed first, the new `.idx` is renamed last), so a dataset whose `.idx` exists is
   complete and an interrupted run never leaves one behind.
+- Workers end with the main process (`megadyt.data.lifeline`): a `kill -9` of it leaves no
+  orphan tokenizing on, and no `BrokenPipeError` tracebacks.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import sentencepiece as spm
 
 from megadyt.atomic import remove_stale_temps, temp_path
+from megadyt.data.lifeline import exit_with_parent
 from megadyt.data.pile import BadRecord, iter_raw_records, parse_record
 from megadyt.data.spm import Tokenizer
 from megadyt.errors import MegadytError
@@ -61,7 +64,10 @@ class PrepareSummary:
 _WORKER: dict = {}
 
 
-def _init_worker(model_path: str) -> None:
+def _init_worker(model_path: str, parent: int | None = None) -> None:
+    """Load the tokenizer; in a pool worker (`parent` given) also end with the parent."""
+    if parent is not None:
+        exit_with_parent(parent)  # no orphans or BrokenPipe tracebacks after a kill -9
     sp = spm.SentencePieceProcessor(model_file=model_path)
     _WORKER["sp"] = sp
     _WORKER["eos"] = sp.eos_id()
@@ -119,7 +125,8 @@ def _ordered_results(paths, model_path: str, workers: int):
             yield chunk[0], _process_chunk(chunk)
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(model_path,)) as pool:
+    init_args = (model_path, os.getpid())
+    with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
         pending: collections.deque = collections.deque()
         for chunk in _chunks(paths):
             pending.append((chunk[0], pool.apply_async(_process_chunk, (chunk,))))
