@@ -3,7 +3,9 @@
 #   launch/torchrun.sh CONFIG [--set section.key=value ...]
 # Rerunning the same command resumes from CONFIG's run.dir (checkpoints/latest).
 # Environment: NPROC (processes; default: GPU count, else 2), PYTHON (the env's python),
-# TORCHRUN (the torchrun command), OMP_NUM_THREADS, NCCL_* (passed through).
+# TORCHRUN (the torchrun command; default: torchrun through megadyt.parallel.torchrun, which
+# exits 2 without torchrun's traceback when megadyt has already printed a one-line error),
+# OMP_NUM_THREADS, NCCL_* (passed through).
 set -euo pipefail
 
 if [[ $# -lt 1 || "$1" == -h || "$1" == --help ]]; then
@@ -13,7 +15,8 @@ fi
 config="$1"
 shift
 
-torchrun="${TORCHRUN:-torchrun}"
+python="${PYTHON:-python}"
+read -r -a torchrun <<< "${TORCHRUN:-$python -m megadyt.parallel.torchrun}"
 
 if [[ -z "${NPROC:-}" ]]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -30,11 +33,11 @@ export NCCL_ASYNC_ERROR_HANDLING="${NCCL_ASYNC_ERROR_HANDLING:-1}"
 export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
 export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"  # megatron-core SP overlap
 
-run_dir="$("${PYTHON:-python}" -m megadyt plan --print run_dir --config "$config" "$@")"
+run_dir="$("$python" -m megadyt plan --print run_dir --config "$config" "$@")"
 mkdir -p "$run_dir/logs"
 log="$run_dir/logs/torchrun-$(date +%Y%m%d-%H%M%S).log"
 echo "megadyt: $NPROC process(es), run dir $run_dir, log $log" >&2
 
-"$torchrun" --standalone --nnodes=1 --nproc_per_node="$NPROC" \
+"${torchrun[@]}" --standalone --nnodes=1 --nproc_per_node="$NPROC" \
     -m megadyt train --config "$config" "$@" 2>&1 | tee -a "$log"
 exit "${PIPESTATUS[0]}"

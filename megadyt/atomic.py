@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "file_lock",
+    "pid_alive",
     "remove_stale_temps",
     "temp_path",
 ]
@@ -33,7 +34,10 @@ def temp_path(final: str | os.PathLike) -> str:
     return f"{os.fspath(final)}.tmp-{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (one we may not signal counts as alive)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -56,7 +60,7 @@ def remove_stale_temps(final: str | os.PathLike) -> None:
     final = os.fspath(final)
     for path in glob.glob(glob.escape(final) + ".tmp-*"):
         suffix = path.rsplit(".tmp-", 1)[-1]
-        if suffix.isdigit() and int(suffix) != os.getpid() and not _pid_alive(int(suffix)):
+        if suffix.isdigit() and int(suffix) != os.getpid() and not pid_alive(int(suffix)):
             with contextlib.suppress(OSError):
                 _remove(path)
 

@@ -164,5 +164,7 @@ def test_full_disk_at_start_is_one_line(tmp_path):
             (disk / "filler").write_bytes(b"x" * 65536)  # fills the 4 KiB filesystem
         result = run_distributed(_run, world_size=1, overrides=[f"run.dir={disk / 'run'}"])[0]
     assert result["type"] == "MegadytError", result
-    assert result["error"].startswith(f"cannot write {disk / 'run' / 'config.yaml'}")
+    # the run lock is the first file a start writes
+    assert result["error"].startswith(f"cannot write the run lock {disk / 'run' / 'lock'}")
+    assert "No space left on device" in result["error"]
     assert "\n" not in result["error"]

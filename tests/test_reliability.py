@@ -224,9 +224,8 @@ def _resume(rank: int, world_size: int, run_dir: str, steps: int) -> str:
     from megadyt.training.trainer import train
 
     try:
-        result = train(
-            _config([f"run.dir={run_dir}", f"train.steps={steps}"]), (SpikySource(200, set()), None)
-        )
+        cfg = _config([f"run.dir={run_dir}", f"train.steps={steps}"])
+        result = train(cfg, (SpikySource(200, set()), None), allow_config_change=True)
     except Exception as exc:  # noqa: BLE001
         return f"{type(exc).__name__}: {exc}"
     return f"trained to {result.last_step}"

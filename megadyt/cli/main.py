@@ -2,7 +2,9 @@
 
 Each subcommand module in `megadyt.cli` defines `HELP`, `add_arguments(parser)` and
 `run(args) -> int`. A `MegadytError` becomes a one-line message and exit code 2; `--debug`
-shows the traceback instead.
+shows the traceback instead. Under torchrun or srun only rank 0 prints it: a user error is the
+same on every rank (they all read the same config and agree on every check), and N copies of
+one line, interleaved, hide it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib
 import sys
 
 from megadyt.errors import MegadytError
+from megadyt.parallel.launch_env import launch_rank
 
 # subcommand name -> module under megadyt.cli
 COMMANDS = {
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except MegadytError as exc:
         if debug:
             raise
-        print(f"megadyt: error: {exc}", file=sys.stderr)
+        if launch_rank() == 0:
+            print(f"megadyt: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("megadyt: interrupted", file=sys.stderr)

@@ -17,19 +17,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="if the latest checkpoint fails verification, resume from the newest one that passes",
     )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="let a resume change the training schedule (steps, LR, warmup, batch, optimizer, "
+        "seed, data); the change is recorded in RUN/history.jsonl",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    overrides = [*args.overrides, *(["train.resume_fallback=true"] if args.resume_fallback else [])]
+    cfg = load_config(args.config, overrides)  # before torch is imported: config errors are fast
+
     from megadyt.parallel.distributed import destroy_distributed
     from megadyt.training.trainer import train
 
-    overrides = [*args.overrides, *(["train.resume_fallback=true"] if args.resume_fallback else [])]
-    cfg = load_config(args.config, overrides)
     zero_shot = None
     if cfg.train.zero_shot_tasks:  # lm-eval is imported only by runs that use it
         from megadyt.evaluation.periodic import evaluate_model as zero_shot
     try:
-        result = train(cfg, zero_shot=zero_shot)
+        result = train(cfg, zero_shot=zero_shot, allow_config_change=args.allow_config_change)
     finally:
         destroy_distributed()
     if result.last_step < cfg.train.steps:

@@ -21,15 +21,9 @@ import torch.distributed as dist
 from megadyt.atomic import atomic_output, atomic_write_text
 from megadyt.errors import MegadytError
 from megadyt.parallel.distributed import device
+from megadyt.training.provenance import describe, model_changes
 from megadyt.training.rng import rng_state, set_rng_state
 from megadyt.training.rundir import RunDir, manifest_file, rng_file, step_of, tag_for
-
-# How a model is computed, not what it is: free to change between save and resume.
-EXECUTION_ONLY_MODEL_KEYS = frozenset({"norm_impl", "attention_impl"})
-# How a fresh run chose its starting weights and α: a resume loads both from the checkpoint.
-INITIALIZATION_ONLY_MODEL_KEYS = frozenset(
-    {"init_std", "alpha_init", "alpha_calibration_attention", "alpha_calibration_other"}
-)
 
 
 class CheckpointSaveError(MegadytError):
@@ -206,16 +200,11 @@ def _check_same_model(tag_dir: Path, saved: dict | None, model: dict | None) -> 
     """A checkpoint of another model (e.g. DyT loaded into an RMSNorm config) is refused."""
     if not saved or not model:
         return
-    free = EXECUTION_ONLY_MODEL_KEYS | INITIALIZATION_ONLY_MODEL_KEYS
-    keys = sorted((set(saved) | set(model)) - free)
-    differ = [k for k in keys if saved.get(k) != model.get(k)]
-    if differ:
-        details = ", ".join(
-            f"model.{k}={saved.get(k)!r} there vs {model.get(k)!r} here" for k in differ[:3]
-        )
+    changes = model_changes(saved, model)
+    if changes:
         raise MegadytError(
-            f"checkpoint {tag_dir} is of a different model ({details}); use the config it "
-            "was trained with, or a new run.dir"
+            f"checkpoint {tag_dir} is of a different model ({describe(changes)}); use the "
+            "config it was trained with, or a new run.dir"
         )
 
 

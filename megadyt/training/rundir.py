@@ -1,6 +1,8 @@
 """The run directory: the one place that knows its layout. Everything else asks a `RunDir`.
 
-    RUN/config.yaml              the exact config the run used (rank 0, atomic)
+    RUN/config.yaml              the config the run trains with (written once checks pass)
+    RUN/history.jsonl            one record per start and end of `megadyt train` (provenance)
+    RUN/lock                     who holds the run now (`training.runlock`)
     RUN/calibration.json         calibrated α of a fresh DyT/Derf run
     RUN/metrics.jsonl            one JSON record per log step or event
     RUN/tb/                      TensorBoard events (training, and `megadyt eval --run-dir`)
@@ -20,6 +22,7 @@ go through these methods, so nothing else spells a path.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,8 @@ from megadyt.atomic import atomic_write_text
 from megadyt.errors import MegadytError
 
 CONFIG_FILE = "config.yaml"
+HISTORY_FILE = "history.jsonl"
+LOCK_FILE = "lock"
 CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
@@ -105,16 +110,37 @@ class RunDir:
     def checkpoints(self) -> Path:
         return self.root / CHECKPOINTS_DIR
 
-    def write_config(self, config: dict) -> None:
-        """The run's config copy, atomically; a full or unwritable disk is one clear error."""
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY_FILE
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_FILE
+
+    def _write_text(self, path: Path, text: str) -> None:
+        """Atomically; a full or unwritable disk is one clear error."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.config, yaml.safe_dump(config, sort_keys=False))
+            atomic_write_text(path, text)
         except OSError as exc:
             raise MegadytError(
-                f"cannot write {self.config}: {exc.strerror or exc}; free space in "
+                f"cannot write {path}: {exc.strerror or exc}; free space in "
                 "run.dir or choose another one"
             ) from exc
+
+    def write_config(self, config: dict) -> None:
+        self._write_text(self.config, yaml.safe_dump(config, sort_keys=False))
+
+    def append_history(self, record: dict) -> None:
+        """Add one JSON line to history.jsonl (the whole file is replaced atomically)."""
+        old = self.history.read_text() if self.history.is_file() else ""
+        self._write_text(self.history, old + json.dumps(record) + "\n")
+
+    def read_history(self) -> list[dict]:
+        if not self.history.is_file():
+            return []
+        return [json.loads(line) for line in self.history.read_text().splitlines() if line]
 
     def read_config(self) -> dict:
         """The run's config as a dict; {} when the run has none (e.g. not written by train)."""

@@ -13,8 +13,7 @@ The loop itself is short; its parts each live in their own module:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch.distributed as dist
@@ -39,7 +38,9 @@ from megadyt.training.evaluator import Evaluator, ZeroShotScorer
 from megadyt.training.guard import StepGuard
 from megadyt.training.metrics import MetricsProcessor, MetricsWriter
 from megadyt.training.optim import lr_at
+from megadyt.training.provenance import RunRecord, check_resume, config_digest, describe
 from megadyt.training.rundir import RunDir
+from megadyt.training.runlock import RunLock
 from megadyt.training.saturation import SaturationMonitor
 from megadyt.training.signals import StopRequest
 from megadyt.training.step import StepOutcome, StepRunner
@@ -55,7 +56,7 @@ class TrainResult:
 
 
 def _check_same_config_on_all_ranks(cfg: Config) -> None:
-    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+    digest = config_digest(cfg.to_dict())
     digests = [None] * dist.get_world_size()
     dist.all_gather_object(digests, digest)
     bad = [r for r, d in enumerate(digests) if d != digests[0]]
@@ -76,9 +77,10 @@ class Trainer:
         valid_data=None,
         zero_shot: ZeroShotScorer | None = None,
         after_publish: AfterPublish | None = None,
+        record: RunRecord | None = None,
     ) -> None:
         t = cfg.train
-        self.cfg, self.run_dir = cfg, RunDir(cfg.run.dir)
+        self.cfg, self.run_dir, self.record = cfg, RunDir(cfg.run.dir), record
         self.evaluator = Evaluator(cfg, valid_data, zero_shot)
         seed_everything(t.seed)
         model = build_model(cfg).to(device())
@@ -134,6 +136,8 @@ class Trainer:
         first = int(client["step"]) if client else 0
         if client:
             self.guard.load_state_dict(client)
+        if self.record is not None:  # every check has passed: now the run's record changes
+            self.record.started(first if client else None)
         writer = self._open_writer(resumed=client is not None, first=first)
         step, losses = first, {}
         with StopRequest() as stop, contextlib.closing(writer):
@@ -200,21 +204,65 @@ class Trainer:
         self.metrics.start_window()  # logging is not training time either
 
 
+@contextlib.contextmanager
+def open_run(cfg: Config, world_size: int, allow_config_change: bool) -> Iterator[RunRecord]:
+    """Hold the run for this start: rank 0 takes the run lock and checks a resume against the
+    run's config.yaml; every rank gets the verdict, so a refusal is the same one-line error
+    everywhere, before anything in the run directory is written."""
+    run, rank0, config = RunDir(cfg.run.dir), dist.get_rank() == 0, cfg.to_dict()
+    lock = RunLock(run.lock_file) if rank0 else None
+    verdict: list = [None]
+    if lock is not None:
+        try:
+            lock.acquire()
+            changes = check_resume(run, config, allow_config_change) if run.latest_tag() else {}
+            verdict = [(None, changes, lock.warning)]
+        except MegadytError as exc:
+            lock.release()
+            verdict = [(str(exc), {}, None)]
+    dist.broadcast_object_list(verdict, src=0)
+    error, changes, warning = verdict[0]
+    if error:
+        raise MegadytError(error)
+    if rank0 and changes:
+        warning = (warning + "; " if warning else "") + (
+            f"the schedule changes on resume ({describe(changes, 9)}), allowed by "
+            f"--allow-config-change and recorded in {run.history}"
+        )
+    if rank0 and warning:
+        print(f"megadyt: warning: {warning}", flush=True)
+    record = RunRecord(run, config, world_size, changes, rank0)
+    try:
+        yield record
+    except BaseException as exc:
+        record.ended(None, f"error: {type(exc).__name__}: {str(exc)[:300]}")
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def train(
     cfg: Config,
     datasets=None,
     zero_shot: ZeroShotScorer | None = None,
     after_publish: AfterPublish | None = None,
+    allow_config_change: bool = False,
 ) -> TrainResult:
-    """Initialise distributed state, build data and engine, train. `datasets` (train, valid)
-    overrides the config's data section (tests use it for synthetic token sources);
-    `zero_shot` scores train.zero_shot_tasks (`megadyt train` passes lm-eval's)."""
+    """Initialise distributed state, take the run, build data and engine, train. `datasets`
+    (train, valid) overrides the config's data section (tests use it for synthetic token
+    sources); `zero_shot` scores train.zero_shot_tasks (`megadyt train` passes lm-eval's);
+    `allow_config_change` lets a resume change the schedule (`megadyt.training.provenance`)."""
     env = init_distributed(cfg.parallel.tp, cfg.parallel.backend, cfg.parallel.timeout_minutes)
     validate_config(cfg, env.world_size)
     _check_same_config_on_all_ranks(cfg)
-    if dist.get_rank() == 0:
-        RunDir(cfg.run.dir).write_config(cfg.to_dict())
-    if datasets is None:
-        datasets = build_train_valid(cfg)
-    with launcher_variables():  # DeepSpeed's ZeRO-3 reads LOCAL_RANK during every forward
-        return Trainer(cfg, *datasets, zero_shot=zero_shot, after_publish=after_publish).run()
+    with open_run(cfg, env.world_size, allow_config_change) as record:
+        if datasets is None:
+            datasets = build_train_valid(cfg)
+        with launcher_variables():  # DeepSpeed's ZeRO-3 reads LOCAL_RANK during every forward
+            trainer = Trainer(cfg, *datasets, zero_shot, after_publish, record)
+            result = trainer.run()
+        record.ended(
+            result.last_step, "completed" if result.last_step >= cfg.train.steps else "stopped"
+        )
+        return result

@@ -1,0 +1,80 @@
+"""Run provenance (megadyt.training.provenance): config.yaml changes only once every check has
+passed, history.jsonl records each start and end, and a resume may not silently change the
+model or the schedule."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TokenSource, metrics_records, small_config
+
+from megadyt.errors import MegadytError
+from megadyt.training.optim import lr_at
+from megadyt.training.provenance import config_digest
+from megadyt.training.rundir import RunDir
+
+
+def _train(run_dir, overrides: list[str], allow_config_change: bool = False):
+    from megatron.core import parallel_state
+
+    from megadyt.training.trainer import train
+
+    cfg = small_config([f"run.dir={run_dir}", *overrides])
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    data = (TokenSource(160, 32, 0), TokenSource(8, 32, 1))
+    return cfg, train(cfg, data, allow_config_change=allow_config_change)
+
+
+def test_refused_reruns_leave_the_record_and_an_allowed_change_is_logged(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg, _ = _train(run_dir, [])
+    run = RunDir(run_dir)
+    record, history = run.config.read_bytes(), run.history.read_text()
+    start, end = run.read_history()
+    assert start["event"] == "start" and start["resumed_step"] is None
+    assert start["config_digest"] == config_digest(cfg.to_dict()) and start["world_size"] == 1
+    assert start["software"]["torch"] and start["config_changes"] == {}
+    assert (end["event"], end["step"], end["outcome"]) == ("end", 10, "completed")
+
+    # another model: refused before anything in the run changes
+    with pytest.raises(MegadytError, match=r"different model \(model.norm='dyt' there vs"):
+        _train(run_dir, ["model.norm=rmsnorm"])
+    # another schedule: refused unless allowed
+    with pytest.raises(MegadytError, match=r"train.lr=0.003 there vs 0.001 here.*allow-config"):
+        _train(run_dir, ["train.lr=1e-3", "train.steps=14"])
+    assert run.config.read_bytes() == record and run.history.read_text() == history
+
+    new_cfg, result = _train(run_dir, ["train.lr=1e-3", "train.steps=14"], True)
+    assert (result.first_step, result.last_step) == (10, 14)
+    assert run.read_config()["train"]["lr"] == 1e-3  # the record now says what runs
+    resumed = run.read_history()[2]
+    assert resumed["resumed_step"] == 10
+    assert resumed["config_changes"] == {"train.steps": [10, 14], "train.lr": [3e-3, 1e-3]}
+    # the new schedule applies from the resumed step as if it had always been in force
+    lr = {r["step"]: r["lr"] for r in metrics_records(run_dir) if "lr" in r}
+    assert lr[11] == pytest.approx(lr_at(10, new_cfg.train))
+    assert lr[10] == pytest.approx(lr_at(9, cfg.train))
+
+
+def test_changes_outside_the_schedule_need_no_permission(tmp_path):
+    run_dir = tmp_path / "run"
+    _train(run_dir, ["train.steps=6", "train.save_interval=3"])
+    _, result = _train(run_dir, ["train.steps=6", "train.log_interval=2", "train.save_interval=3"])
+    assert result.last_step == 6
+    assert RunDir(run_dir).read_config()["train"]["log_interval"] == 2
+    assert [h["event"] for h in RunDir(run_dir).read_history()] == ["start", "end"] * 2
+
+
+def test_a_checkpoint_that_fails_verification_leaves_the_record(tmp_path):
+    """Verification is one of the start-up checks: a refused resume writes nothing."""
+    run_dir = tmp_path / "run"
+    _train(run_dir, ["train.steps=2", "train.save_interval=2"])
+    run = RunDir(run_dir)
+    record, history = run.config.read_bytes(), run.history.read_bytes()
+    weights = next(run.tag_dir(run.latest_tag()).rglob("tp_rank_00.pt"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(MegadytError, match="tp_rank_00.pt"):
+        _train(run_dir, ["train.steps=4", "train.save_interval=2"], allow_config_change=True)
+    assert run.config.read_bytes() == record and run.history.read_bytes() == history
