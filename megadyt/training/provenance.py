@@ -26,6 +26,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import torch.distributed as dist
+
 from megadyt.errors import MegadytError
 from megadyt.training.rundir import RunDir
 
@@ -153,9 +155,20 @@ class RunRecord:
         self.started_at: str | None = None
 
     def started(self, resumed_step: int | None) -> None:
-        """Every check passed: record the config and this start."""
-        if not self.rank0:
-            return
+        """Every check passed: record the config and this start (a collective: a failed write
+        on rank 0, e.g. a full disk, is the same one-line error on every rank)."""
+        error = [None]
+        if self.rank0:
+            try:
+                self._write_start(resumed_step)
+            except MegadytError as exc:
+                error = [str(exc)]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast_object_list(error, src=0)
+        if error[0]:
+            raise MegadytError(error[0])
+
+    def _write_start(self, resumed_step: int | None) -> None:
         self.run.write_config(self.config)
         self.started_at = _now()
         self.run.append_history(

@@ -235,7 +235,8 @@ def open_run(cfg: Config, world_size: int, allow_config_change: bool) -> Iterato
     try:
         yield record
     except BaseException as exc:
-        record.ended(None, f"error: {type(exc).__name__}: {str(exc)[:300]}")
+        with contextlib.suppress(MegadytError):  # never hide the error behind a full disk
+            record.ended(None, f"error: {type(exc).__name__}: {str(exc)[:300]}")
         raise
     finally:
         if lock is not None:
