@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -66,6 +67,8 @@ def test_truncated_checkpoint_is_refused_then_fallback_resumes_exactly(trained, 
     run = _copy(run_dir, tmp_path)
     victim = run / "checkpoints" / "step_0000006" / "mp_rank_00_model_states.pt"
     victim.write_bytes(victim.read_bytes()[:100])
+    stale = victim.parent / "stale_from_another_layout.pt"  # e.g. a rank that no longer exists
+    stale.write_bytes(b"old")
 
     refused = run_distributed(_run, world_size=1, overrides=[f"run.dir={run}", "train.steps=6"])[0]
     assert "mp_rank_00_model_states.pt" in refused["error"]
@@ -80,6 +83,9 @@ def test_truncated_checkpoint_is_refused_then_fallback_resumes_exactly(trained, 
     assert resumed["first"] == 3
     for step in (4, 5, 6):
         assert resumed["losses"][step] == losses[step]
+    # step 6 was saved afresh: nothing of the refused one is left in it or its manifest
+    manifest = json.loads((victim.parent / "manifest.json").read_text())
+    assert not stale.exists() and stale.name not in manifest["files"]
 
 
 def test_tampered_checkpoint_fails_its_checksum(trained, tmp_path):

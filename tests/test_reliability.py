@@ -232,7 +232,8 @@ def _resume(rank: int, world_size: int, run_dir: str, steps: int) -> str:
 
 
 def test_checkpoint_with_a_code_payload_is_refused_without_running_it(tmp_path):
-    from megadyt.training import checkpoint, rundir
+    from megadyt.training import manifest as manifest_module
+    from megadyt.training import rundir
 
     assert (
         run_distributed(_resume, world_size=1, run_dir=str(tmp_path), steps=4)[0] == "trained to 4"
@@ -248,7 +249,7 @@ def test_checkpoint_with_a_code_payload_is_refused_without_running_it(tmp_path):
     manifest = json.loads(manifest_path.read_text())
     manifest["files"][states.name] = {
         "bytes": states.stat().st_size,
-        "sha256": checkpoint.sha256_of(states),
+        "sha256": manifest_module.sha256_of(states),
     }
     manifest_path.write_text(json.dumps(manifest))
     message = run_distributed(_resume, world_size=1, run_dir=str(tmp_path), steps=6)[0]

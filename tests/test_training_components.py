@@ -6,17 +6,20 @@ these tests pin each part's contract so it can change without running a training
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import TokenSource, metrics_records, small_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from megadyt.atomic import temp_path
 from megadyt.errors import MegadytError
 from megadyt.parallel.testing import run_distributed
 from megadyt.training.evaluator import Evaluator
 from megadyt.training.guard import StepGuard
 from megadyt.training.metrics import MetricsProcessor, MetricsWriter
-from megadyt.training.rundir import RunDir, rng_file, tag_for
+from megadyt.training.rundir import RunDir, tag_for
 
 
 def _writer(tmp_path) -> tuple[RunDir, MetricsWriter]:
@@ -192,14 +195,15 @@ def _checkpointer(rank: int, world_size: int, run_dir: str) -> dict:
         torch.equal(weights[n], p.detach()) for n, p in trainer.engine.module.named_parameters()
     )
     run = RunDir(run_dir)
-    blocked = rng_file(run.tag_dir(tag_for(2)), 0)
-    blocked.mkdir(parents=True)  # a directory where the save must write its RNG file
+    # a directory where publishing writes `latest` first: the save of step 2 fails at the end
+    blocked = Path(temp_path(run.latest_file))
+    blocked.mkdir(parents=True)
     try:
         ckpt.save(2, trainer.client_state(2))
         failed = "saved"
     except MegadytError as exc:
         failed = str(exc)
-    cleaned = not blocked.exists()  # the partial step directory is removed
+    cleaned = not run.tag_dir(tag_for(2)).exists()  # the step directory is removed
     blocked.mkdir(parents=True)
     cfg.train.on_save_error = "warn"
     warned = ckpt.save(2, trainer.client_state(2))

@@ -1,8 +1,9 @@
 """`megadyt plan`: prove a parallel layout fits before a cluster is booked.
 
 Prints world/DP size, batch and token arithmetic, per-device memory (weights, grads, optimizer
-states, activations, overhead; model in megadyt/planning/README.md), model FLOPs per step and the
-step time at a stated MFU. Exits 2 with one line and the smallest fitting change when the layout
+states, activations, overhead; model in megadyt/planning/README.md), model FLOPs per step, the
+step time at a stated MFU, and one checkpoint's size and save time at a stated file-system
+bandwidth. Exits 2 with one line and the smallest fitting change when the layout
 does not divide or does not fit. `--print run_dir|run_name` prints one config value for the
 launch scripts (no cluster arguments needed).
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
 from megadyt.errors import MegadytError
+from megadyt.planning.checkpoint import DEFAULT_FS_BANDWIDTH_GBS, HASH_GBS
 
 HELP = "check that a config's parallel layout fits a cluster; memory, FLOPs and step time"
 
@@ -38,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="gpu",
         help="cpu: fp32 and a measured process baseline instead of the CUDA runtime",
     )
+    parser.add_argument(
+        "--fs-bandwidth-gbs",
+        type=float,
+        default=DEFAULT_FS_BANDWIDTH_GBS,
+        help="aggregate write bandwidth of the checkpoint file system in GB/s (1e9 B/s); "
+        f"an assumption (default {DEFAULT_FS_BANDWIDTH_GBS:g}): replace it with your site's figure",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--print",
@@ -49,6 +58,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _gb(x: float) -> str:
     return f"{x / 1e9:7.2f} GB"
+
+
+def _size(x: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x / 1e3:.3g} kB"
+
+
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.2g} s" if s < 10 else f"{s:.0f} s"
+    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def _checkpoint_lines(plan) -> list[str]:
+    """One checkpoint's size and save time (model: megadyt/planning/checkpoint.py)."""
+    c = plan.checkpoint
+    bw = f"{c.fs_bandwidth_gbs:g} GB/s"
+    return [
+        f"checkpoint   {_size(c.total)} per save (model {_size(c.model)}, optimizer "
+        f"{_size(c.optimizer)}, TP=1 weights copy {_size(c.weights)}, RNG {_size(c.rng)}); "
+        f"{_duration(c.write_s)} at {bw}",
+        f"             + {_duration(c.hash_s)} manifest hashing (read back at {bw}, sha256 "
+        f"{HASH_GBS:g} GB/s per rank); every {c.save_interval:,} steps: "
+        f"+{100 * c.overhead:.1f}% training time",
+    ]
 
 
 def _report(plan, cfg) -> str:
@@ -80,6 +116,7 @@ def _report(plan, cfg) -> str:
         f"compute      {plan.model_flops_per_step:.3e} model FLOPs/step; at MFU "
         f"{plan.mfu:g} of {plan.peak_tflops:g} TFLOP/s: {plan.step_time_s:.2f} s/step, "
         f"{plan.train_time_h:,.1f} h for {plan.steps:,} steps",
+        *_checkpoint_lines(plan),
     ]
     return "\n".join(lines)
 
@@ -104,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         mfu=args.mfu,
         peak_tflops=args.peak_tflops,
         device=args.device,
+        fs_bandwidth_gbs=args.fs_bandwidth_gbs,
     )
     plan = make_plan(cfg, **kwargs)
     if not plan.fits:

@@ -158,6 +158,9 @@ def _check_train_values(t: TrainConfig, tp: int) -> None:
         t.stop_at_step is None or t.stop_at_step > 0,
         f"train.stop_at_step must be positive, got {t.stop_at_step}",
     )
+    for key in ("keep_checkpoints", "keep_every"):
+        value = getattr(t, key)
+        _require(value is None or value >= 1, f"train.{key} must be >= 1 or null, got {value}")
 
 
 def _head_problems(m: ModelConfig) -> list[Problem]:

@@ -71,6 +71,13 @@ def params_per_rank(cfg: Config) -> float:
     return (c.embedding + c.output + c.attention + c.mlp) / cfg.parallel.tp + c.norm
 
 
+def optimizer_bytes_per_param(cfg: Config, bf16: bool) -> int:
+    """Adam m, v (fp32) and the fp32 master copy, which DeepSpeed keeps under ZeRO or under
+    bf16; plain fp32 ZeRO-0 steps torch's AdamW on the weights themselves (no copy). The same
+    bytes are held in memory and written to a checkpoint."""
+    return 8 + (4 if (cfg.parallel.zero_stage > 0 or bf16) else 0)
+
+
 def activation_bytes(cfg: Config, recompute: str, act_bytes: int) -> float:
     """Activations kept for the backward pass of one micro-batch on one rank.
 
@@ -122,9 +129,7 @@ def memory_breakdown(cfg: Config, dp: int, bf16: bool, on_gpu: bool = True) -> M
         grads /= dp
     if p.zero_stage >= 3:
         weights /= dp
-    # Optimizer: Adam m, v (fp32) and the fp32 master copy (DeepSpeed keeps one under ZeRO, or
-    # under bf16; plain fp32 ZeRO-0 steps torch's AdamW on the weights themselves).
-    per_param = 8 + (4 if (p.zero_stage > 0 or bf16) else 0)
+    per_param = optimizer_bytes_per_param(cfg, bf16)
     optimizer = n * per_param / (dp if p.zero_stage >= 1 or bf16 else 1)
     optimizer_cpu = 0.0
     if p.offload_optimizer:

@@ -1,4 +1,5 @@
-"""A launch plan: does a config fit a cluster, how long is a step, and what to change if not."""
+"""A launch plan: does a config fit a cluster, how long is a step (and a checkpoint save), and
+what to change if it does not fit."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from megadyt.config.validate import validate_config
 from megadyt.errors import ConfigError, MegadytError
 from megadyt.model.counting import count_parameters
 from megadyt.model.flops import flops_per_token
+from megadyt.planning.checkpoint import (
+    DEFAULT_FS_BANDWIDTH_GBS,
+    CheckpointEstimate,
+    check_bandwidth,
+    checkpoint_estimate,
+)
 from megadyt.planning.memory import GB, MemoryBreakdown, memory_breakdown, params_per_rank
 
 PAPER_TOKEN_BUDGET = 200e9
@@ -49,12 +56,14 @@ class Plan:
     step_time_s: float
     train_time_h: float
     device: str
+    checkpoint: CheckpointEstimate
     settings: dict = field(default_factory=dict)
     suggestion: str | None = None
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "memory"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("memory", "checkpoint")}
         out["memory_gb"] = self.memory.as_gb()
+        out["checkpoint"] = self.checkpoint.as_dict()
         return out
 
 
@@ -79,12 +88,14 @@ def make_plan(
     mfu: float = 0.4,
     peak_tflops: float | None = None,
     device: str = "gpu",
+    fs_bandwidth_gbs: float = DEFAULT_FS_BANDWIDTH_GBS,
 ) -> Plan:
     """Plan `cfg` on nodes × gpus_per_node devices; raises LayoutError if it does not divide."""
     if nodes < 1 or gpus_per_node < 1:
         raise LayoutError(f"--nodes and --gpus-per-node must be >= 1, got {nodes}, {gpus_per_node}")
     if not 0 < mfu <= 1:
         raise MegadytError(f"--mfu must be in (0, 1], got {mfu}")
+    check_bandwidth(fs_bandwidth_gbs)
     world = nodes * gpus_per_node
     _valid_layout(cfg, world, gpus_per_node)
     m, p, t = cfg.model, cfg.parallel, cfg.train
@@ -120,6 +131,7 @@ def make_plan(
         step_time_s=step_time,
         train_time_h=step_time * t.steps / 3600,
         device=device,
+        checkpoint=checkpoint_estimate(cfg, world, bf16, step_time, fs_bandwidth_gbs),
         settings={
             "tp": p.tp,
             "sp": p.sp,

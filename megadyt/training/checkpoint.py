@@ -1,15 +1,15 @@
 """The checkpoint format: DeepSpeed's shards plus our per-rank RNG files and manifest.
 
 DeepSpeed writes model, optimizer (ZeRO partitions) and client state into a step directory; each
-rank adds its RNG states. Only when every rank has finished does rank 0 write the manifest (file
-sizes and sha256) and then replace `latest` atomically, so a crash mid-save leaves `latest` on
-the previous complete checkpoint. Loading verifies the manifest first. Where the files live is
-`RunDir`'s business; when to save, and what else goes in, is the `Checkpointer`'s.
+rank adds its RNG states. Only when every rank has finished are the files hashed (by all ranks,
+`training.manifest`), the manifest written and `latest` replaced atomically, so a crash mid-save
+leaves `latest` on the previous complete checkpoint. Loading verifies the manifest first, again
+across all ranks. Where the files live is `RunDir`'s business; when to save, and what else goes
+in, is the `Checkpointer`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -18,9 +18,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megadyt.atomic import atomic_output, atomic_write_text
+from megadyt.atomic import atomic_output
 from megadyt.errors import MegadytError
 from megadyt.parallel.distributed import device
+from megadyt.training.manifest import (
+    check_files,
+    from_rank0,
+    read_manifest,
+    verify_shared,
+    write_manifest,
+)
 from megadyt.training.provenance import describe, model_changes
 from megadyt.training.rng import rng_state, set_rng_state
 from megadyt.training.rundir import RunDir, manifest_file, rng_file, step_of, tag_for
@@ -28,14 +35,6 @@ from megadyt.training.rundir import RunDir, manifest_file, rng_file, step_of, ta
 
 class CheckpointSaveError(MegadytError):
     """A save failed on some rank (disk full, unwritable dir); `latest` was not moved."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _any_rank(flag: bool) -> bool:
@@ -63,20 +62,6 @@ def describe_write_error(exc: Exception, fallback_path: Path) -> str:
     return f"{reason} ({path}{free})"
 
 
-def _write_manifest(tag_dir: Path, step: int, model: dict | None) -> None:
-    files = sorted(p for p in tag_dir.rglob("*") if p.is_file() and p != manifest_file(tag_dir))
-    manifest = {
-        "step": step,
-        "world_size": dist.get_world_size(),
-        "model": model,
-        "files": {
-            str(p.relative_to(tag_dir)): {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
-            for p in files
-        },
-    }
-    atomic_write_text(manifest_file(tag_dir), json.dumps(manifest, indent=1))
-
-
 def save_checkpoint(
     engine,
     run: RunDir,
@@ -95,6 +80,12 @@ def save_checkpoint(
     tag_dir = run.tag_dir(tag)
     rank = dist.get_rank()
     error = None
+    if rank == 0 and tag_dir.exists():
+        # a stale dir of this step (saved before a fallback or rollback): while being rewritten
+        # it must not look complete, and its old files must not enter the new manifest
+        manifest_file(tag_dir).unlink(missing_ok=True)
+        shutil.rmtree(tag_dir, ignore_errors=True)
+    dist.barrier()
     try:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         engine.save_checkpoint(
@@ -107,9 +98,13 @@ def save_checkpoint(
     except Exception as exc:  # noqa: BLE001 - any failure of a write is a failed save
         error = f"rank {rank}: {describe_write_error(exc, tag_dir)}"
     failed = _any_rank(error is not None)
-    if not failed and rank == 0:
+    if not failed:
+        try:  # every rank hashes its share of the files; rank 0 writes the manifest
+            write_manifest(tag_dir, step, model)
+        except Exception as exc:  # noqa: BLE001
+            error = f"rank {rank}: {describe_write_error(exc, manifest_file(tag_dir))}"
+    if not failed and error is None and rank == 0:
         try:
-            _write_manifest(tag_dir, step, model)
             run.publish_latest(tag)
         except Exception as exc:  # noqa: BLE001
             error = f"rank 0: {describe_write_error(exc, manifest_file(tag_dir))}"
@@ -136,17 +131,14 @@ def has_checkpoint(run: RunDir) -> bool:
 
 
 def verify_checkpoint(tag_dir: Path, only: str | None = None) -> dict:
-    """Check sizes and checksums against the manifest; raise naming the first bad file.
+    """Check sizes and checksums against the manifest in this process (readers: eval,
+    export); raise naming the first bad file. Training verifies across ranks instead
+    (`manifest.verify_shared`).
 
     `only` (a subdirectory, e.g. the weights) limits the check to the files a reader uses;
     then every file there must be in the manifest, so an added or swapped file is refused too."""
     tag_dir = Path(tag_dir)
-    if not manifest_file(tag_dir).is_file():
-        raise MegadytError(
-            f"checkpoint {tag_dir} has no {manifest_file(tag_dir).name}: it is incomplete; "
-            f"delete it or point {RunDir.of_checkpoint(tag_dir).latest_file} at an earlier step"
-        )
-    manifest = json.loads(manifest_file(tag_dir).read_text())
+    manifest = read_manifest(tag_dir)
     files = manifest["files"]
     if only is not None:
         files = {rel: meta for rel, meta in files.items() if rel.startswith(f"{only}/")}
@@ -158,41 +150,30 @@ def verify_checkpoint(tag_dir: Path, only: str | None = None) -> dict:
                 f"checkpoint file {culprit} is not covered by {manifest_file(tag_dir).name} "
                 "(added or replaced after the save); restore the checkpoint"
             )
-    for rel, meta in files.items():
-        path = tag_dir / rel
-        if not path.is_file() or path.stat().st_size != meta["bytes"]:
-            raise MegadytError(
-                f"checkpoint file {path} is missing or truncated; restore it or "
-                "resume from an earlier checkpoint"
-            )
-        if sha256_of(path) != meta["sha256"]:
-            raise MegadytError(
-                f"checkpoint file {path} fails its checksum (corrupted or "
-                "modified); restore it or resume from an earlier checkpoint"
-            )
+    check_files(tag_dir, files)
     return manifest
 
 
 def choose_checkpoint(run: RunDir, fallback: bool) -> tuple[str | None, str | None, str | None]:
-    """(tag to load, error if none can be loaded, note about a fallback) -- rank 0's decision."""
-    tag = run.latest_tag()
+    """(tag to load, error if none can be loaded, note about a fallback), the same on every
+    rank: all ranks verify each candidate together (a collective)."""
+    tag = from_rank0(run.latest_tag())
     if tag is None:
         return None, None, None
-    try:
-        verify_checkpoint(run.tag_dir(tag))
+    first_error = verify_shared(run.tag_dir(tag))
+    if first_error is None:
         return tag, None, None
-    except MegadytError as exc:
-        if not fallback:
-            return None, f"{exc} (or rerun with --resume-fallback to use the previous one)", None
-        first_error = str(exc)
-    for older in run.complete_tags():
+    if not fallback:
+        return (
+            None,
+            f"{first_error} (or rerun with --resume-fallback to use the previous one)",
+            None,
+        )
+    for older in from_rank0(run.complete_tags()):
         if step_of(older) >= (step_of(tag) or 0):
             continue
-        try:
-            verify_checkpoint(run.tag_dir(older))
-        except MegadytError:
-            continue
-        return older, None, f"{first_error}; falling back to {run.tag_dir(older)}"
+        if verify_shared(run.tag_dir(older)) is None:
+            return older, None, f"{first_error}; falling back to {run.tag_dir(older)}"
     return None, f"{first_error}; no earlier complete checkpoint verifies either", None
 
 
@@ -213,11 +194,9 @@ def load_checkpoint(
 ) -> dict | None:
     """Resume from `latest` if there is one; returns the client state (None: fresh start).
 
-    Rank 0 verifies the manifest and tells every rank what to load (or the error), so a bad
+    All ranks verify the manifest together and agree on what to load (or the error), so a bad
     checkpoint fails all ranks with the same one-line message instead of hanging the others."""
-    decision = [choose_checkpoint(run, fallback) if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(decision, src=0)
-    tag, error, note = decision[0]
+    tag, error, note = choose_checkpoint(run, fallback)
     if error:
         raise MegadytError(error)
     if tag is None:

@@ -4,7 +4,8 @@ A checkpoint holds DeepSpeed's engine state, the caller's client state (step, da
 spike history), every rank's RNG and each TP shard's weights in a form one device can load
 (`training.weights`), all covered by the manifest. A failed save stops the run or, with
 `train.on_save_error=warn`, is reported and training goes on. After each published checkpoint
-the `after_publish` hook runs on every rank (where a retention policy plugs in).
+rank 0 applies the retention policy (`training.retention`, train.keep_checkpoints) while the
+other ranks wait, then the `after_publish` hook runs on every rank and sees what was kept.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.distributed as dist
 
 from megadyt.config.schema import Config
 from megadyt.training import checkpoint
+from megadyt.training.retention import Retention, prune
 from megadyt.training.rundir import RunDir, tag_for
 from megadyt.training.weights import save_tp_shard
 
@@ -29,6 +31,7 @@ class Checkpointer:
     ) -> None:
         self.cfg, self.engine, self.run = cfg, engine, run
         self.after_publish = after_publish
+        self.retention = Retention.from_config(cfg.train)
         self.model_identity = cfg.to_dict()["model"]  # refused on resume if it differs
 
     def is_due(self, step: int, stop_at: int) -> bool:
@@ -65,6 +68,15 @@ class Checkpointer:
                     flush=True,
                 )
             return False
+        self._after_publish(step)
+        return True
+
+    def _after_publish(self, step: int) -> None:
+        """Retention on rank 0 only (every rank finished writing before the publish; the others
+        wait, so none reads a checkpoint being deleted), then the caller's hook on every rank."""
+        if self.retention is not None:
+            if dist.get_rank() == 0:
+                prune(self.run, self.retention)
+            dist.barrier()
         if self.after_publish is not None:
             self.after_publish(self.run, step)
-        return True

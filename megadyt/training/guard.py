@@ -145,10 +145,16 @@ class StepGuard:
             "lr_scale": self.lr_scale,
             "rollbacks": self.rollbacks,
             "spike_history": self.detector.state_dict(),
+            # so a resume neither forgets skipped steps nor restarts train.max_bad_steps' count
+            # (prefixed: DeepSpeed keeps its own "skipped_steps" in the same dict)
+            "guard_skipped_steps": self.skipped,
+            "guard_consecutive_bad_steps": self.consecutive_bad,
         }
 
     def load_state_dict(self, client: dict) -> None:
         self.data_offset = int(client.get("data_offset", 0))
         self.lr_scale = float(client.get("lr_scale", 1.0))
         self.rollbacks = int(client.get("rollbacks", 0))
+        self.skipped = int(client.get("guard_skipped_steps", 0))
+        self.consecutive_bad = int(client.get("guard_consecutive_bad_steps", 0))
         self.detector.load_state_dict(client.get("spike_history", []))

@@ -14,6 +14,9 @@
         rng_rankNNNNN.pt         every generator's state, one file per rank
         weights/tp_rank_NN.pt    each TP shard of the weights, loadable on one device
         ...                      DeepSpeed's model and optimizer files
+    RUN/checkpoints/.deleting-step_NNNNNNN/
+                                 a checkpoint retention is deleting (`training.retention`);
+                                 never a step tag, so never read, and removed by the next pass
 
 A `megadyt sweep` cell adds its own result.json, spec.json and train.log (megadyt.experiments).
 Changing a name or the tag format happens here; readers (resume, eval, export, compare, sweep)
@@ -43,6 +46,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_DIR = "weights"
+TRASH_PREFIX = ".deleting-"  # + a tag: a checkpoint being deleted, which nothing reads
 
 _TAG = re.compile(r"step_(\d{7,})")
 
@@ -174,6 +178,20 @@ class RunDir:
             if step_of(p.name) is not None and manifest_file(p).is_file()
         ]
         return sorted(tags, key=lambda t: step_of(t) or 0, reverse=True)
+
+    def step_dirs(self) -> list[Path]:
+        """Every step directory, complete or not (a save in progress, a crashed one), oldest
+        first."""
+        dirs = [p for p in self.checkpoints.glob("step_*") if step_of(p.name) is not None]
+        return sorted((p for p in dirs if p.is_dir()), key=lambda p: step_of(p.name) or 0)
+
+    def trash_dir(self, tag: str) -> Path:
+        """Where a checkpoint is moved to be deleted: not a step tag, so nothing loads it."""
+        return self.checkpoints / f"{TRASH_PREFIX}{tag}"
+
+    def trash_dirs(self) -> list[Path]:
+        """Checkpoints a deletion left behind (a crash, or a file that could not be removed)."""
+        return sorted(self.checkpoints.glob(f"{TRASH_PREFIX}*"))
 
     # -- evaluation results --------------------------------------------------------------------
     def eval_json(self, step: int) -> Path:

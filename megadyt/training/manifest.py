@@ -1,0 +1,163 @@
+"""A checkpoint's manifest: every file's size and checksum, hashed and verified by all ranks.
+
+At 70B a checkpoint is about 1.1 TB. One sha256 stream runs at roughly 1 GB/s, so rank 0 alone
+would spend about 20 minutes per save and 20 more per resume while every other GPU waits. So
+rank 0 lists the step directory once, the files are split into byte-balanced shares (the same
+split on every rank, from the same listing), each rank hashes or verifies its share, and rank 0
+assembles the manifest from the gathered entries. Every file is read once per save and once per
+verification, by all ranks in parallel. This assumes, as the rest of the checkpoint code does,
+a file system that every rank sees.
+
+Format 2 names its hash (`"hash": "sha256"`) and its version (`"format": 2`). A manifest
+without them is format 1: sha256, written by rank 0 alone, and still read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch.distributed as dist
+
+from megadyt.atomic import atomic_write_text
+from megadyt.errors import MegadytError
+from megadyt.training.rundir import RunDir, manifest_file
+
+MANIFEST_FORMAT = 2
+HASH = "sha256"  # a cryptographic hash: a checkpoint swapped on purpose is caught too
+Entries = dict[str, dict]  # relative path -> {"bytes": ..., "sha256": ...}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1  # a single process (eval, export, tests): it does every share itself
+
+
+def from_rank0(value):
+    """Rank 0's `value` on every rank."""
+    if _rank_and_world()[1] == 1:
+        return value
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _all(value) -> list:
+    """Every rank's `value`, in rank order, on every rank."""
+    world = _rank_and_world()[1]
+    if world == 1:
+        return [value]
+    values = [None] * world
+    dist.all_gather_object(values, value)
+    return values
+
+
+def shares(sizes: dict[str, int], world: int) -> list[list[str]]:
+    """Split files into `world` shares of about equal bytes (largest first, each to the least
+    loaded rank; ties to the lower rank), so every rank computes the same split."""
+    load, out = [0] * world, [[] for _ in range(world)]
+    for rel in sorted(sizes, key=lambda r: (-sizes[r], r)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        out[rank].append(rel)
+        load[rank] += sizes[rel]
+    return out
+
+
+def write_manifest(tag_dir: Path, step: int, model: dict | None) -> None:
+    """Hash the step directory across all ranks (a collective) and write its manifest on rank
+    0. A rank that cannot read its share raises on every rank, naming the file."""
+    rank, world = _rank_and_world()
+    listing = None
+    if rank == 0:
+        files = (p for p in tag_dir.rglob("*") if p.is_file() and p != manifest_file(tag_dir))
+        listing = {str(p.relative_to(tag_dir)): p.stat().st_size for p in files}
+    listing = from_rank0(listing)
+    entries, error = {}, None
+    try:
+        for rel in shares(listing, world)[rank]:
+            entries[rel] = {"bytes": listing[rel], HASH: sha256_of(tag_dir / rel)}
+    except OSError as exc:
+        error = f"rank {rank} cannot hash {exc.filename}: {exc.strerror}"
+    gathered = _all((entries, error))
+    first_error = next((e for _, e in gathered if e), None)
+    if first_error:
+        raise OSError(first_error)
+    if rank == 0:
+        merged = {rel: meta for part, _ in gathered for rel, meta in part.items()}
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "hash": HASH,
+            "step": step,
+            "world_size": world,
+            "model": model,
+            "files": dict(sorted(merged.items())),
+        }
+        atomic_write_text(manifest_file(tag_dir), json.dumps(manifest, indent=1))
+
+
+def read_manifest(tag_dir: Path) -> dict:
+    """The manifest, or a one-line error saying the checkpoint is incomplete or unreadable."""
+    path = manifest_file(tag_dir)
+    if not path.is_file():
+        raise MegadytError(
+            f"checkpoint {tag_dir} has no {path.name}: it is incomplete; delete it or point "
+            f"{RunDir.of_checkpoint(tag_dir).latest_file} at an earlier step"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MegadytError(f"cannot read {path} ({exc}); restore the checkpoint") from exc
+    if manifest.get("hash", HASH) != HASH or manifest.get("format", 1) > MANIFEST_FORMAT:
+        raise MegadytError(
+            f"{path} is format {manifest.get('format')} hashed with {manifest.get('hash')}; "
+            f"this megadyt reads format {MANIFEST_FORMAT} and older, with {HASH}: upgrade it"
+        )
+    return manifest
+
+
+def check_files(tag_dir: Path, files: Entries) -> None:
+    """Sizes and checksums of `files`; raise naming the first bad one."""
+    for rel, meta in files.items():
+        path = tag_dir / rel
+        if not path.is_file() or path.stat().st_size != meta["bytes"]:
+            raise MegadytError(
+                f"checkpoint file {path} is missing or truncated; restore it or "
+                "resume from an earlier checkpoint"
+            )
+        if sha256_of(path) != meta[HASH]:
+            raise MegadytError(
+                f"checkpoint file {path} fails its checksum (corrupted or "
+                "modified); restore it or resume from an earlier checkpoint"
+            )
+
+
+def verify_shared(tag_dir: Path) -> str | None:
+    """Verify a whole checkpoint across all ranks (a collective): each rank checks its share.
+    Returns the first error (the same on every rank), or None when everything matches."""
+    rank, world = _rank_and_world()
+    manifest, error = None, None
+    if rank == 0:
+        try:
+            manifest = read_manifest(tag_dir)
+        except MegadytError as exc:
+            error = str(exc)
+    manifest, error = from_rank0((manifest, error))
+    if error:
+        return error
+    files = manifest["files"]
+    mine = shares({rel: meta["bytes"] for rel, meta in files.items()}, world)[rank]
+    try:
+        check_files(tag_dir, {rel: files[rel] for rel in mine})
+    except MegadytError as exc:
+        error = str(exc)
+    return next((e for e in _all(error) if e), None)
