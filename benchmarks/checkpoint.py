@@ -31,20 +31,28 @@ from megadyt.parallel.testing import run_distributed  # noqa: E402
 
 
 def _engine(zero: int):
+    import torch
+
     from megadyt.config import load_config
     from megadyt.model import build_model, norm_parameter_names
     from megadyt.parallel.distributed import device, init_distributed, launcher_variables
     from megadyt.training.engine import build_engine
+    from megadyt.training.step import loss_of
 
     cfg = load_config(None, [*SIZES["100m"], f"parallel.zero_stage={zero}"])
     init_distributed(tp=1)
     model = build_model(cfg).to(device())
+    params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
     with launcher_variables():
         engine = build_engine(cfg, model, set(norm_parameter_names(model)))
-        loss = sum(p.float().sum() for p in engine.module.parameters()) * 0.0
-        engine.backward(loss)
+        tokens = torch.randint(
+            0, cfg.model.vocab_size, (cfg.train.micro_batch_size, cfg.model.seq_length + 1)
+        ).to(device())
+        batch = {"tokens": tokens[:, :-1], "labels": tokens[:, 1:]}
+        batch["loss_mask"] = torch.ones_like(batch["labels"])
+        engine.backward(loss_of(engine, batch))
         engine.step()  # Adam's moments exist from here on: a realistic optimizer state
-    return cfg, engine, sum(p.numel() for p in model.parameters())
+    return cfg, engine, params
 
 
 def _round(engine, cfg, bare: Path, run, reverse: bool, timed) -> None:

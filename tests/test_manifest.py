@@ -12,7 +12,7 @@ import pytest
 from conftest import train_small
 
 from megadyt.parallel.testing import run_distributed
-from megadyt.training.manifest import MANIFEST_FORMAT, sha256_of, shares
+from megadyt.training.manifest import MANIFEST_FORMAT, digest_of, shares
 from megadyt.training.rundir import RunDir, manifest_file
 
 SHARDS = ("zero_pp_rank_0_", "zero_pp_rank_1_")  # rank 0's and rank 1's optimizer states
@@ -64,7 +64,7 @@ def test_two_ranks_write_one_manifest_covering_every_file(saved):
     manifest = json.loads(manifest_file(tag_dir).read_text())
     assert (manifest["format"], manifest["hash"], manifest["world_size"]) == (
         MANIFEST_FORMAT,
-        "sha256",
+        "blake3",
         2,
     )
     on_disk = {
@@ -74,7 +74,7 @@ def test_two_ranks_write_one_manifest_covering_every_file(saved):
     }
     assert set(manifest["files"]) == set(on_disk)
     for rel, path in on_disk.items():
-        assert manifest["files"][rel] == {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+        assert manifest["files"][rel] == {"bytes": path.stat().st_size, "blake3": digest_of(path)}
     names = " ".join(on_disk)
     assert "zero_pp_rank_0" in names and "zero_pp_rank_1" in names  # both ranks' shards
     assert "rng_rank00000.pt" in names and "rng_rank00001.pt" in names
@@ -96,3 +96,23 @@ def test_shares_split_bytes_evenly_and_the_same_way_everywhere():
     assert max(loads) - min(loads) <= max(sizes.values())
     assert split == shares(dict(reversed(sizes.items())), 2)  # order-independent
     assert shares(sizes, 1) == [sorted(sizes, key=lambda r: -sizes[r])]
+
+
+def test_a_format_1_manifest_is_still_verified(tmp_path):
+    """Checkpoints written before format 2 (sha256, no "format"/"hash") stay readable, and a
+    changed file in one is still caught."""
+    import hashlib
+
+    from megadyt.errors import MegadytError
+    from megadyt.training.checkpoint import verify_checkpoint
+
+    (tmp_path / "weights").mkdir()
+    data = tmp_path / "weights" / "tp_rank_00.pt"
+    data.write_bytes(b"weights")
+    sha = hashlib.sha256(b"weights").hexdigest()
+    files = {"weights/tp_rank_00.pt": {"bytes": 7, "sha256": sha}}
+    manifest_file(tmp_path).write_text(json.dumps({"step": 1, "world_size": 1, "files": files}))
+    assert verify_checkpoint(tmp_path)["hash"] == "sha256"
+    data.write_bytes(b"weightz")
+    with pytest.raises(MegadytError, match="fails its checksum"):
+        verify_checkpoint(tmp_path, only="weights")

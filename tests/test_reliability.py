@@ -249,7 +249,7 @@ def test_checkpoint_with_a_code_payload_is_refused_without_running_it(tmp_path):
     manifest = json.loads(manifest_path.read_text())
     manifest["files"][states.name] = {
         "bytes": states.stat().st_size,
-        "sha256": manifest_module.sha256_of(states),
+        manifest["hash"]: manifest_module.digest_of(states, manifest["hash"]),
     }
     manifest_path.write_text(json.dumps(manifest))
     message = run_distributed(_resume, world_size=1, run_dir=str(tmp_path), steps=6)[0]

@@ -150,7 +150,7 @@ def verify_checkpoint(tag_dir: Path, only: str | None = None) -> dict:
                 f"checkpoint file {culprit} is not covered by {manifest_file(tag_dir).name} "
                 "(added or replaced after the save); restore the checkpoint"
             )
-    check_files(tag_dir, files)
+    check_files(tag_dir, files, manifest["hash"])
     return manifest
 
 

