@@ -58,7 +58,10 @@ class RunLock:
     """The exclusive lock on one run directory's lock file (`acquire`, `release`)."""
 
     def __init__(
-        self, path: Path, heartbeat_seconds: float = HEARTBEAT_SECONDS, lease_seconds=LEASE_SECONDS
+        self,
+        path: Path,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.path = Path(path)
         self.heartbeat_seconds, self.lease_seconds = heartbeat_seconds, lease_seconds
