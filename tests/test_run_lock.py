@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, clean_env, metrics_records, train_command
+from conftest import ROOT, clean_env, metrics_records, run_cli, train_command
 
 from megadyt.errors import MegadytError
 from megadyt.training.rundir import RunDir
@@ -121,8 +121,8 @@ def _wait_for_steps(run_dir, proc, steps: int, timeout: float = 180) -> None:
 
 @pytest.mark.slow
 def test_a_double_submit_is_refused_and_the_first_run_finishes_cleanly(tmp_path):
-    """The second start comes through torchrun with 2 ranks: one `megadyt: error:` line naming
-    the holder, exit 2, no traceback; the first run's curve, events and record stay its own."""
+    """The second start gets one `megadyt: error:` line naming the holder, exit 2, no
+    traceback; the first run's curve, events and record stay its own."""
     run_dir = tmp_path / "run"
     first_argv = train_command(run_dir, steps=5000, save_interval=5000)
     with open(tmp_path / "first.log", "w") as log:
@@ -130,12 +130,9 @@ def test_a_double_submit_is_refused_and_the_first_run_finishes_cleanly(tmp_path)
         try:
             _wait_for_steps(run_dir, first, steps=2)
             config_before = RunDir(run_dir).config.read_bytes()
-            train_args = first_argv[first_argv.index("-m") :]
             second = subprocess.run(
-                [sys.executable, "-m", "megadyt.parallel.torchrun", "--standalone"]
-                + ["--nproc_per_node=2", *train_args, "--set", "train.lr=3e-3"],
-                cwd=ROOT, capture_output=True, text=True, timeout=180,
-                env=clean_env(OMP_NUM_THREADS="1"),
+                [*first_argv, "--set", "train.lr=3e-3"],  # a resubmit with another setting
+                cwd=ROOT, capture_output=True, text=True, timeout=180, env=clean_env(),
             )  # fmt: skip
             assert first.poll() is None
             first.send_signal(signal.SIGUSR1)  # the first run saves and stops
@@ -159,12 +156,25 @@ def test_a_double_submit_is_refused_and_the_first_run_finishes_cleanly(tmp_path)
     assert json.loads(run.lock_file.read_text())["state"] == "released"
 
 
-def test_a_config_error_under_torchrun_is_one_line(tmp_path):
-    """Every rank hits the same error; only rank 0 prints it."""
+@pytest.mark.parametrize("launcher", ["torch.distributed.run", "megadyt.parallel.torchrun"])
+def test_a_user_error_under_torchrun_is_one_line(launcher):
+    """Every rank meets the same error; only rank 0 prints it. Plain torchrun then adds its
+    ChildFailedError report; megadyt's wrapper exits 2 without it."""
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        [sys.executable, "-m", launcher, "--standalone", "--nproc_per_node=2"]
         + ["-m", "megadyt", "train", "--config", "configs/tiny"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env=clean_env(OMP_NUM_THREADS="1"),
     )  # fmt: skip
     errors = [x for x in proc.stderr.splitlines() if "megadyt: error:" in x]
     assert len(errors) == 1 and "configs/tiny' is a directory" in errors[0], proc.stderr
+    if launcher == "megadyt.parallel.torchrun":
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_error_of_another_rank_alone_is_still_printed():
+    """A rank other than 0 that is still alive after the grace period (its launcher did not stop
+    it, so rank 0 did not fail) prints its own error, naming itself."""
+    env = clean_env(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29999")
+    proc = run_cli("train", "--config", "configs/tiny", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("megadyt: error: rank 1: config 'configs/tiny' is a directory")

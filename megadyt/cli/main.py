@@ -2,9 +2,12 @@
 
 Each subcommand module in `megadyt.cli` defines `HELP`, `add_arguments(parser)` and
 `run(args) -> int`. A `MegadytError` becomes a one-line message and exit code 2; `--debug`
-shows the traceback instead. Under torchrun or srun only rank 0 prints it: a user error is the
-same on every rank (they all read the same config and agree on every check), and N copies of
-one line, interleaved, hide it.
+shows the traceback instead. Under torchrun or srun only rank 0 prints it at once: a user error
+is the same on every rank (they all read the same config and agree on every check), and N copies
+of one line, interleaved, hide it. The other ranks wait `OTHER_RANK_GRACE_S` first, for two
+reasons. Exiting at once could let the launcher kill rank 0 before it prints. And a rank that
+is still alive afterwards was not stopped by the launcher, so rank 0 did not fail: the error is
+this rank's own, and it prints it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 
 from megadyt.errors import MegadytError
 from megadyt.parallel.launch_env import launch_rank
+
+OTHER_RANK_GRACE_S = 5.0
 
 # subcommand name -> module under megadyt.cli
 COMMANDS = {
@@ -85,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     except MegadytError as exc:
         if debug:
             raise
-        if launch_rank() == 0:
-            print(f"megadyt: error: {exc}", file=sys.stderr)
+        rank = launch_rank()
+        if rank != 0:
+            time.sleep(OTHER_RANK_GRACE_S)  # the launcher stops this rank if rank 0 failed too
+        print(f"megadyt: error: {exc}" if rank == 0 else f"megadyt: error: rank {rank}: {exc}",
+              file=sys.stderr)  # fmt: skip
         return exc.exit_code
     except KeyboardInterrupt:
         print("megadyt: interrupted", file=sys.stderr)
