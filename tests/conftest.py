@@ -102,7 +102,12 @@ def small_config(overrides: list[str], base: list[str] = SMALL_TRAINING):
     return load_config(None, [*base, *overrides])
 
 
-def train_small(overrides: list[str], base: list[str] = SMALL_TRAINING, data=None):
+def train_small(
+    overrides: list[str],
+    base: list[str] = SMALL_TRAINING,
+    data=None,
+    allow_config_change: bool = False,
+):
     """Train `small_config(overrides, base)` in this process on TokenSource data (by default
     steps × 8 training and 8 validation sequences); returns the trainer's result."""
     from megatron.core import parallel_state
@@ -114,7 +119,7 @@ def train_small(overrides: list[str], base: list[str] = SMALL_TRAINING, data=Non
         data = (TokenSource(cfg.train.steps * 8, 32, 0), TokenSource(8, 32, 1))
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()  # the next layout may use another TP size
-    return train(cfg, data)
+    return train(cfg, data, allow_config_change=allow_config_change)
 
 
 def metrics_records(run_dir: Path) -> list[dict]:

@@ -4,21 +4,15 @@ nor restarts train.max_bad_steps' count of consecutive ones."""
 from __future__ import annotations
 
 import pytest
-from conftest import TokenSource, small_config
+from conftest import TokenSource, train_small
 
 from megadyt.errors import MegadytError
 
 
 def _train(run_dir, overrides: list[str], zero_mask_at: set[int]):
-    from megatron.core import parallel_state
-
-    from megadyt.training.trainer import train
-
-    cfg = small_config([f"run.dir={run_dir}", *overrides])
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
     # global batch 8: samples 8k..8k+7 are step k+1; an all-zero loss mask makes it NaN (skipped)
-    return train(cfg, (TokenSource(80, 32, 0, zero_mask_at=zero_mask_at), None))
+    data = (TokenSource(80, 32, 0, zero_mask_at=zero_mask_at), None)
+    return train_small([f"run.dir={run_dir}", *overrides], data=data)
 
 
 def test_skipped_steps_survive_a_resume(tmp_path):

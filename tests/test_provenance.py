@@ -5,7 +5,7 @@ model or the schedule."""
 from __future__ import annotations
 
 import pytest
-from conftest import TokenSource, metrics_records, small_config
+from conftest import TokenSource, metrics_records, small_config, train_small
 
 from megadyt.errors import MegadytError
 from megadyt.training.optim import lr_at
@@ -14,15 +14,11 @@ from megadyt.training.rundir import RunDir
 
 
 def _train(run_dir, overrides: list[str], allow_config_change: bool = False):
-    from megatron.core import parallel_state
-
-    from megadyt.training.trainer import train
-
-    cfg = small_config([f"run.dir={run_dir}", *overrides])
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+    """(the config, the result) of a small run of 20 batches' worth of data."""
+    overrides = [f"run.dir={run_dir}", *overrides]
     data = (TokenSource(160, 32, 0), TokenSource(8, 32, 1))
-    return cfg, train(cfg, data, allow_config_change=allow_config_change)
+    result = train_small(overrides, data=data, allow_config_change=allow_config_change)
+    return small_config(overrides), result
 
 
 def test_refused_reruns_leave_the_record_and_an_allowed_change_is_logged(tmp_path):

@@ -97,6 +97,28 @@ def seed_everything(seed: int) -> None:
     model_parallel_cuda_manual_seed(seed)
 
 
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def from_rank0(value):
+    """Rank 0's `value` on every rank (a collective; `value` itself in a single process)."""
+    if _world() == 1:
+        return value
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def from_all_ranks(value) -> list:
+    """Every rank's `value`, in rank order, on every rank (`[value]` in a single process)."""
+    if _world() == 1:
+        return [value]
+    values = [None] * _world()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def destroy_distributed() -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

@@ -81,10 +81,11 @@ class LaunchEnv:
             slurm = cls._slurm_fields(env)
         except ValueError as exc:
             raise MegadytError(f"launcher environment has a non-integer SLURM variable ({exc})")
-        return cls(0, 1, 0, "127.0.0.1", _free_port(), "single", **slurm)
+        return cls(0, 1, 0, "127.0.0.1", free_port(), "single", **slurm)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this host right now (for a rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import queue as queue_module
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -18,11 +17,7 @@ from typing import Any
 
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from megadyt.parallel.launch_env import free_port
 
 
 def _entry(rank: int, world_size: int, port: int, fn: Callable, kwargs: dict, queue) -> None:
@@ -52,7 +47,7 @@ def run_distributed(fn: Callable, world_size: int = 2, timeout: float = 300, **k
     """Call `fn(rank, world_size, **kwargs)` in `world_size` spawned processes."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [
         ctx.Process(target=_entry, args=(r, world_size, port, fn, kwargs, queue))
         for r in range(world_size)

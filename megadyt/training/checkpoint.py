@@ -20,10 +20,9 @@ import torch.distributed as dist
 
 from megadyt.atomic import atomic_output
 from megadyt.errors import MegadytError
-from megadyt.parallel.distributed import device
+from megadyt.parallel.distributed import device, from_all_ranks, from_rank0
 from megadyt.training.manifest import (
     check_files,
-    from_rank0,
     read_manifest,
     verify_shared,
     write_manifest,
@@ -109,9 +108,7 @@ def save_checkpoint(
         except Exception as exc:  # noqa: BLE001
             error = f"rank 0: {describe_write_error(exc, manifest_file(tag_dir))}"
     if _any_rank(error is not None):
-        messages = [None] * dist.get_world_size()
-        dist.all_gather_object(messages, error)
-        first = next(m for m in messages if m)
+        first = next(m for m in from_all_ranks(error) if m)
         previous = run.latest_tag()
         if rank == 0 and previous != tag:
             shutil.rmtree(tag_dir, ignore_errors=True)
@@ -125,9 +122,7 @@ def save_checkpoint(
 
 def has_checkpoint(run: RunDir) -> bool:
     """Whether this run will resume (rank 0 looks, every rank gets the same answer)."""
-    answer = [run.latest_tag() is not None if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(answer, src=0)
-    return bool(answer[0])
+    return bool(from_rank0(run.latest_tag() is not None if dist.get_rank() == 0 else None))
 
 
 def verify_checkpoint(tag_dir: Path, only: str | None = None) -> dict:

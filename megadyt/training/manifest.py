@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from megadyt.atomic import atomic_write_text
 from megadyt.errors import MegadytError
+from megadyt.parallel.distributed import from_all_ranks, from_rank0
 from megadyt.training.rundir import RunDir, manifest_file
 
 MANIFEST_FORMAT = 2
@@ -47,25 +48,6 @@ def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1  # a single process (eval, export, tests): it does every share itself
-
-
-def from_rank0(value):
-    """Rank 0's `value` on every rank."""
-    if _rank_and_world()[1] == 1:
-        return value
-    box = [value if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _all(value) -> list:
-    """Every rank's `value`, in rank order, on every rank."""
-    world = _rank_and_world()[1]
-    if world == 1:
-        return [value]
-    values = [None] * world
-    dist.all_gather_object(values, value)
-    return values
 
 
 def shares(sizes: dict[str, int], world: int) -> list[list[str]]:
@@ -94,7 +76,7 @@ def write_manifest(tag_dir: Path, step: int, model: dict | None) -> None:
             entries[rel] = {"bytes": listing[rel], HASH: digest_of(tag_dir / rel)}
     except OSError as exc:
         error = f"rank {rank} cannot hash {exc.filename}: {exc.strerror}"
-    gathered = _all((entries, error))
+    gathered = from_all_ranks((entries, error))
     first_error = next((e for _, e in gathered if e), None)
     if first_error:
         raise OSError(first_error)
@@ -168,4 +150,4 @@ def verify_shared(tag_dir: Path) -> str | None:
         check_files(tag_dir, {rel: files[rel] for rel in mine}, manifest["hash"])
     except MegadytError as exc:
         error = str(exc)
-    return next((e for e in _all(error) if e), None)
+    return next((e for e in from_all_ranks(error) if e), None)

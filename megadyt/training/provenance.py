@@ -26,9 +26,8 @@ import socket
 import subprocess
 from pathlib import Path
 
-import torch.distributed as dist
-
 from megadyt.errors import MegadytError
+from megadyt.parallel.distributed import from_rank0
 from megadyt.training.rundir import RunDir
 
 # How a model is computed, not what it is: free to change between save and resume.
@@ -157,16 +156,15 @@ class RunRecord:
     def started(self, resumed_step: int | None) -> None:
         """Every check passed: record the config and this start (a collective: a failed write
         on rank 0, e.g. a full disk, is the same one-line error on every rank)."""
-        error = [None]
+        error = None
         if self.rank0:
             try:
                 self._write_start(resumed_step)
             except MegadytError as exc:
-                error = [str(exc)]
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.broadcast_object_list(error, src=0)
-        if error[0]:
-            raise MegadytError(error[0])
+                error = str(exc)
+        error = from_rank0(error)
+        if error:
+            raise MegadytError(error)
 
     def _write_start(self, resumed_step: int | None) -> None:
         self.run.write_config(self.config)

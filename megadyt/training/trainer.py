@@ -24,6 +24,8 @@ from megadyt.errors import MegadytError
 from megadyt.model import build_model, norm_parameter_names, norm_scalars
 from megadyt.parallel.distributed import (
     device,
+    from_all_ranks,
+    from_rank0,
     init_distributed,
     launcher_variables,
     seed_everything,
@@ -57,8 +59,7 @@ class TrainResult:
 
 def _check_same_config_on_all_ranks(cfg: Config) -> None:
     digest = config_digest(cfg.to_dict())
-    digests = [None] * dist.get_world_size()
-    dist.all_gather_object(digests, digest)
+    digests = from_all_ranks(digest)
     bad = [r for r, d in enumerate(digests) if d != digests[0]]
     if bad:
         raise MegadytError(
@@ -211,17 +212,16 @@ def open_run(cfg: Config, world_size: int, allow_config_change: bool) -> Iterato
     everywhere, before anything in the run directory is written."""
     run, rank0, config = RunDir(cfg.run.dir), dist.get_rank() == 0, cfg.to_dict()
     lock = RunLock(run.lock_file) if rank0 else None
-    verdict: list = [None]
+    verdict = None
     if lock is not None:
         try:
             lock.acquire()
             changes = check_resume(run, config, allow_config_change) if run.latest_tag() else {}
-            verdict = [(None, changes, lock.warning)]
+            verdict = (None, changes, lock.warning)
         except MegadytError as exc:
             lock.release()
-            verdict = [(str(exc), {}, None)]
-    dist.broadcast_object_list(verdict, src=0)
-    error, changes, warning = verdict[0]
+            verdict = (str(exc), {}, None)
+    error, changes, warning = from_rank0(verdict)
     if error:
         raise MegadytError(error)
     if rank0 and changes:
