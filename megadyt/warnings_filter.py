@@ -67,6 +67,13 @@ KNOWN: list[KnownWarning] = [
         r"`torch\.jit\.script_method` is deprecated",
         "torch.utils.mkldnn, imported by torch itself, uses it (at import)",
     ),
+    KnownWarning(
+        FutureWarning,
+        r"torch\.distributed\.c10d_logger",
+        r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+        "DeepSpeed's ZeRO 1/2 gathers parameters with the collective torch deprecated (at the "
+        "first step of every rank)",
+    ),
 ]
 
 

@@ -1,6 +1,6 @@
-"""launch/: scripts parse and are shellcheck-clean, the sbatch script's srun/torchrun command for a
-2-node job (fake srun/scontrol on PATH), USR1 forwarding + requeue, and a real 2-process CPU run
-through launch/torchrun.sh."""
+"""launch/: scripts parse and are shellcheck-clean; the sbatch script's srun/torchrun command for
+a 2-node job, its process count, stop forwarding and requeue (fake srun/scontrol on PATH; the
+real SLURM is tests/test_slurm_real.py); a real 2-process CPU run through launch/torchrun.sh."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ FAKE_SRUN = """#!/usr/bin/env bash
 printf '%s\\n' "$@" > "$FAKE_LOG/srun.args"
 if [[ "${FAKE_SRUN_WAIT:-0}" == 1 ]]; then
     trap 'echo USR1 > "$FAKE_LOG/srun.signal"; exit 0' USR1
+    trap 'echo TERM > "$FAKE_LOG/srun.signal"; exit 0' TERM
     while true; do sleep 0.1; done
 fi
 """
@@ -56,8 +57,8 @@ def test_shellcheck_clean():
 
 def _fake_slurm(tmp_path: Path, extra_env: dict | None = None) -> dict:
     bin_dir, log = tmp_path / "bin", tmp_path / "log"
-    bin_dir.mkdir()
-    log.mkdir()
+    bin_dir.mkdir(exist_ok=True)
+    log.mkdir(exist_ok=True)
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
@@ -82,52 +83,106 @@ def _sbatch_args(tmp_path: Path) -> list[str]:
             "--set", f"run.dir={tmp_path}/run"]  # fmt: skip
 
 
-def test_sbatch_builds_the_two_node_torchrun_command(tmp_path):
-    env = _fake_slurm(tmp_path)
-    proc = subprocess.run(
+def _run_sbatch(tmp_path: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
         ["bash", str(SBATCH), *_sbatch_args(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env=_fake_slurm(tmp_path, extra_env), capture_output=True, text=True,
+        timeout=120,
     )  # fmt: skip
+
+
+def _torchrun_args(tmp_path: Path) -> list[str]:
+    """What the fake srun was asked to run, from the launcher wrapper's arguments on."""
+    args = (tmp_path / "log/srun.args").read_text().splitlines()
+    return args[args.index("megadyt.parallel.torchrun") + 1 :]
+
+
+def test_sbatch_builds_the_two_node_torchrun_command(tmp_path):
+    proc = _run_sbatch(tmp_path, {"TRAIN_ARGS": "--allow-config-change"})
     assert proc.returncode == 0, proc.stderr
     args = (tmp_path / "log/srun.args").read_text().splitlines()
-    head = args[: args.index("torchrun")]
+    head = args[: args.index("-m")]
     assert "--nodes=2" in head and "--ntasks-per-node=1" in head
-    torchrun = args[args.index("torchrun") + 1 :]
+    # torchrun through megadyt's wrapper, which owns SIGUSR1/SIGTERM (graceful stop, exit 0)
+    assert args[args.index("-m") + 1] == "megadyt.parallel.torchrun"
+    torchrun = _torchrun_args(tmp_path)
     for expected in (
         "--nnodes=2",
         "--nproc_per_node=4",
         "--rdzv_backend=c10d",
         "--rdzv_endpoint=gpu-node-07:29500",
         "--rdzv_id=4242",
-        "--signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
     ):
         assert expected in torchrun, (expected, torchrun)
+    assert not any(a.startswith("--signals_to_handle") for a in torchrun)
     train = ["-m", "megadyt", "train", "--config", *_sbatch_args(tmp_path)]
+    train.append("--allow-config-change")  # TRAIN_ARGS: for `megadyt train`, not `plan`
     assert torchrun[torchrun.index("-m") :] == train
     calls = (tmp_path / "log/scontrol.calls").read_text()
     assert "show hostnames gpu-node-[07-08]" in calls and "requeue" not in calls
-    # The plan check (2 nodes x 4 = 8 ranks) ran and went to the run dir's log.
+    # The plan check (2 nodes x 4 = 8 ranks, and the stop against the signal's lead) ran and
+    # went to the run dir's log.
     log = (tmp_path / "run/logs/slurm-4242-restart1.log").read_text()
-    assert "TP 1 x DP 8" in log and "fits" in log
+    assert "TP 1 x DP 8" in log and "(gpu, 80 GB each)" in log
+    assert "grace 10.0 min: fits" in log
 
 
-def test_sbatch_forwards_usr1_to_srun_and_requeues(tmp_path):
-    env = _fake_slurm(tmp_path, {"FAKE_SRUN_WAIT": "1"})
-    proc = subprocess.Popen(
+def test_sbatch_process_count_comes_from_nproc_and_a_cpu_node_needs_it(tmp_path):
+    cpu_node = {"SLURM_GPUS_ON_NODE": ""}
+    proc = _run_sbatch(tmp_path, cpu_node)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "NPROC=N" in proc.stderr and "--gpus-per-node=N" in proc.stderr
+    assert not (tmp_path / "log/srun.args").exists()
+
+    proc = _run_sbatch(tmp_path, {**cpu_node, "NPROC": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "--nproc_per_node=1" in _torchrun_args(tmp_path)
+    log = (tmp_path / "run/logs/slurm-4242-restart1.log").read_text()
+    assert "2 node(s) x 1 = 2 ranks (cpu," in log
+
+
+def _start_sbatch(tmp_path: Path, extra_env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
         ["bash", str(SBATCH), *_sbatch_args(tmp_path)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=_fake_slurm(tmp_path, extra_env), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def _wait_for_srun(tmp_path: Path, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 90
     while not (tmp_path / "log/srun.args").exists():
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "srun never started"
         time.sleep(0.2)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@300` does
-    _, err = proc.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["usr1", "term"])
+def test_sbatch_passes_a_stop_to_srun_as_usr1(tmp_path, sig):
+    """srun answers SIGTERM by killing the step, so every stop reaches it as USR1; only a
+    USR1 (the time limit) requeues: a SIGTERM came from SLURM, which decides that itself."""
+    proc = _start_sbatch(tmp_path, {"FAKE_SRUN_WAIT": "1"})
+    _wait_for_srun(tmp_path, proc)
+    proc.send_signal(sig)  # USR1: what `#SBATCH --signal=B:USR1@600` does
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert (tmp_path / "log/srun.signal").read_text().strip() == "USR1"
-    assert "requeue 4242" in (tmp_path / "log/scontrol.calls").read_text()
+    requeued = "requeue 4242" in (tmp_path / "log/scontrol.calls").read_text()
+    assert requeued == (sig == signal.SIGUSR1), err
+    assert "Terminated" not in err and "Traceback" not in err
+
+
+def test_sbatch_usr1_during_start_up_requeues_without_launching(tmp_path):
+    proc = _start_sbatch(tmp_path, {"FAKE_SRUN_WAIT": "1"})
+    time.sleep(0.5)  # the traps are set; `megadyt plan` is still starting
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert not (tmp_path / "log/srun.args").exists()
+    assert (
+        "during start-up" in err and "requeue 4242" in (tmp_path / "log/scontrol.calls").read_text()
+    )
 
 
 def test_torchrun_sh_trains_two_cpu_processes(tmp_path):

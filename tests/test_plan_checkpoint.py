@@ -12,7 +12,7 @@ from megadyt.cli.main import main
 from megadyt.config import load_config
 from megadyt.model.counting import count_parameters
 from megadyt.planning import make_plan
-from megadyt.training.rundir import MANIFEST_FILE, RunDir
+from megadyt.training.rundir import MANIFEST_FILE, RunDir, tag_for
 
 PRESET_7B = ["plan", "--config", "configs/llama-7b/dyt.yaml", "--nodes", "64"]
 PRESET_7B += ["--gpus-per-node", "8"]
@@ -93,3 +93,33 @@ def test_estimate_matches_a_real_tiny_checkpoint(tmp_path, extra):
     cfg = load_config(str(ROOT / "configs/tiny/dyt.yaml"), [*TINY_CLI_RUN, *extra])
     estimate = make_plan(cfg, nodes=1, gpus_per_node=1, device="cpu").checkpoint.total
     assert 0 <= on_disk / estimate - 1 <= SIZE_TOLERANCE, (on_disk, estimate, files)
+
+
+PRESET_70B = ["plan", "--config", "configs/llama-70b/dyt.yaml", "--nodes", "64"]
+PRESET_70B += ["--gpus-per-node", "8"]
+
+
+def test_the_stop_must_fit_the_signal_lead(capsys):
+    """A graceful stop is the step in progress plus one save; SLURM's lead before the time
+    limit (or a preemption's grace) must cover it, or the job is refused with the fix."""
+    assert main([*PRESET_70B, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["stop_s"] == plan["step_time_s"] + plan["checkpoint"]["save_s"]
+    assert 300 < plan["stop_s"] < 600  # 70B at 5 GB/s: why the sbatch default lead is 600 s
+
+    assert main([*PRESET_70B, "--stop-grace-s", "300"]) == 2
+    err = capsys.readouterr().err
+    lead = 60 * -(-1.5 * plan["stop_s"] // 60)
+    assert err.count("\n") == 1 and f"--signal=B:USR1@{lead:.0f} and STOP_GRACE_S" in err
+    assert main([*PRESET_70B, "--stop-grace-s", "600"]) == 0
+    assert "grace 10.0 min: fits" in capsys.readouterr().out
+
+
+def test_remaining_steps_reads_the_runs_latest_checkpoint(tmp_path, capsys):
+    args = ["plan", "--config", "configs/tiny/dyt.yaml", "--set", f"run.dir={tmp_path}",
+            "--set", "train.steps=30", "--print", "remaining_steps"]  # fmt: skip
+    assert main(args) == 0 and capsys.readouterr().out == "30\n"  # a fresh run
+    RunDir(tmp_path).publish_latest(tag_for(12))
+    assert main(args) == 0 and capsys.readouterr().out == "18\n"
+    RunDir(tmp_path).publish_latest(tag_for(30))
+    assert main(args) == 0 and capsys.readouterr().out == "0\n"

@@ -18,6 +18,7 @@ from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
 from megadyt.errors import MegadytError
 from megadyt.planning.checkpoint import DEFAULT_FS_BANDWIDTH_GBS, HASH_GBS
+from megadyt.training.rundir import RunDir
 
 HELP = "check that a config's parallel layout fits a cluster; memory, FLOPs and step time"
 
@@ -47,12 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="aggregate write bandwidth of the checkpoint file system in GB/s (1e9 B/s); "
         f"an assumption (default {DEFAULT_FS_BANDWIDTH_GBS:g}): replace it with your site's figure",
     )
+    parser.add_argument(
+        "--stop-grace-s",
+        type=float,
+        default=None,
+        help="seconds SLURM gives a graceful stop (the N of --signal=B:USR1@N, or the "
+        "partition's preemption GraceTime); exit 2 when one step plus one save does not fit",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--print",
         dest="print_field",
-        choices=("run_dir", "run_name"),
-        help="print one value (absolute run.dir, or the run name) and exit",
+        choices=("run_dir", "run_name", "remaining_steps"),
+        help="print one value (absolute run.dir, the run name, or the steps left after the "
+        "run's latest checkpoint) and exit",
     )
 
 
@@ -117,6 +126,13 @@ def _report(plan, cfg) -> str:
         f"{plan.mfu:g} of {plan.peak_tflops:g} TFLOP/s: {plan.step_time_s:.2f} s/step, "
         f"{plan.train_time_h:,.1f} h for {plan.steps:,} steps",
         *_checkpoint_lines(plan),
+        f"stop         {_duration(plan.stop_s)} for a graceful stop (finish the step, then save)"
+        + (
+            f"; grace {_duration(plan.stop_grace_s)}: "
+            + ("fits" if plan.stop_s <= plan.stop_grace_s else "DOES NOT FIT")
+            if plan.stop_grace_s
+            else ""
+        ),
     ]
     return "\n".join(lines)
 
@@ -130,7 +146,16 @@ def run(args: argparse.Namespace) -> int:
     if args.print_field == "run_name":
         print(cfg.run.name or Path(cfg.run.dir).name)
         return 0
-    from megadyt.planning.plan import DoesNotFit, format_change, make_plan, suggest
+    if args.print_field == "remaining_steps":
+        print(max(0, cfg.train.steps - RunDir(cfg.run.dir).latest_step()))
+        return 0
+    from megadyt.planning.plan import (
+        DoesNotFit,
+        check_stop_grace,
+        format_change,
+        make_plan,
+        suggest,
+    )
 
     if args.nodes is None or args.gpus_per_node is None:
         raise MegadytError("megadyt plan needs --nodes N and --gpus-per-node G")
@@ -144,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         fs_bandwidth_gbs=args.fs_bandwidth_gbs,
     )
     plan = make_plan(cfg, **kwargs)
+    plan.stop_grace_s = args.stop_grace_s
     if not plan.fits:
         change = suggest(cfg, **kwargs)
         plan.suggestion = format_change(change) if change else None
@@ -161,4 +187,6 @@ def run(args: argparse.Namespace) -> int:
             else "; no layout change fits: use more nodes or a smaller model"
         )
         raise DoesNotFit(f"{cfg.model.name} does not fit: {need}{hint}")
+    if args.stop_grace_s is not None:
+        check_stop_grace(plan, args.stop_grace_s)
     return 0

@@ -6,6 +6,8 @@ import argparse
 
 from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
+from megadyt.parallel.launch_env import launch_rank
+from megadyt.training.signals import StopRequest
 
 HELP = "pretrain a model (single process, or under torchrun / srun)"
 
@@ -26,19 +28,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = [*args.overrides, *(["train.resume_fallback=true"] if args.resume_fallback else [])]
-    cfg = load_config(args.config, overrides)  # before torch is imported: config errors are fast
+    # First: a stop request (SIGUSR1/SIGTERM) during start-up is remembered, not fatal.
+    with StopRequest() as stop:
+        overrides = [
+            *args.overrides,
+            *(["train.resume_fallback=true"] if args.resume_fallback else []),
+        ]
+        cfg = load_config(
+            args.config, overrides
+        )  # before torch is imported: config errors are fast
 
-    from megadyt.parallel.distributed import destroy_distributed
-    from megadyt.training.trainer import train
+        from megadyt.parallel.distributed import destroy_distributed
+        from megadyt.training.trainer import train
 
-    zero_shot = None
-    if cfg.train.zero_shot_tasks:  # lm-eval is imported only by runs that use it
-        from megadyt.evaluation.periodic import evaluate_model as zero_shot
-    try:
-        result = train(cfg, zero_shot=zero_shot, allow_config_change=args.allow_config_change)
-    finally:
-        destroy_distributed()
-    if result.last_step < cfg.train.steps:
-        print(f"stopped at step {result.last_step} (train.stop_at_step); rerun to continue")
+        zero_shot = None
+        if cfg.train.zero_shot_tasks:  # lm-eval is imported only by runs that use it
+            from megadyt.evaluation.periodic import evaluate_model as zero_shot
+        try:
+            result = train(
+                cfg, zero_shot=zero_shot, allow_config_change=args.allow_config_change, stop=stop
+            )
+        finally:
+            destroy_distributed()
+    # A stop request's line came from the trainer; a planned early stop is said here, once.
+    if result.stop_signal is None and result.last_step < cfg.train.steps and launch_rank() == 0:
+        print(
+            f"megadyt: stopped at step {result.last_step} of {cfg.train.steps} "
+            "(train.stop_at_step); raise or unset it and rerun to continue"
+        )
     return 0

@@ -4,6 +4,7 @@ what to change if it does not fit."""
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 from megadyt.config.schema import Config
@@ -59,12 +60,37 @@ class Plan:
     checkpoint: CheckpointEstimate
     settings: dict = field(default_factory=dict)
     suggestion: str | None = None
+    stop_grace_s: float | None = None  # the time SLURM gives a graceful stop, when stated
+
+    @property
+    def stop_s(self) -> float:
+        """The time a graceful stop takes: the step in progress, then one checkpoint save."""
+        return self.step_time_s + self.checkpoint.save_s
 
     def as_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k not in ("memory", "checkpoint")}
         out["memory_gb"] = self.memory.as_gb()
         out["checkpoint"] = self.checkpoint.as_dict()
+        out["stop_s"] = self.stop_s
         return out
+
+
+def check_stop_grace(plan: Plan, grace_s: float) -> None:
+    """Refuse a run whose graceful stop cannot finish inside the time SLURM gives it: the lead
+    of `--signal=B:USR1@N` before the time limit (or a preemption's GraceTime). A stop that
+    does not fit loses every step since the previous checkpoint, and the job is not requeued."""
+    if not (math.isfinite(grace_s) and grace_s > 0):
+        raise MegadytError(f"--stop-grace-s must be a positive number of seconds, got {grace_s}")
+    if plan.stop_s <= grace_s:
+        return
+    lead = 60 * math.ceil(1.5 * plan.stop_s / 60)
+    raise MegadytError(
+        f"a graceful stop needs about {plan.stop_s:.0f} s (one step, {plan.step_time_s:.0f} s, "
+        f"and one checkpoint save, {plan.checkpoint.save_s:.0f} s at "
+        f"{plan.checkpoint.fs_bandwidth_gbs:g} GB/s) but the stop grace is {grace_s:g} s: "
+        f"submit with --signal=B:USR1@{lead} and STOP_GRACE_S={lead}, or pass your file "
+        "system's measured --fs-bandwidth-gbs"
+    )
 
 
 def _valid_layout(cfg: Config, world: int, gpus_per_node: int) -> None:

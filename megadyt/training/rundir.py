@@ -166,6 +166,10 @@ class RunDir:
             return None
         return path.read_text().strip() or None
 
+    def latest_step(self) -> int:
+        """The step `latest` names; 0 when there is no checkpoint (or it names no step)."""
+        return step_of(self.latest_tag() or "") or 0
+
     def publish_latest(self, tag: str) -> None:
         """Point `latest` at `tag` (atomic: readers see the old or the new tag)."""
         atomic_write_text(self.latest_file, tag)

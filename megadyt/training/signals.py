@@ -1,23 +1,24 @@
-"""A graceful stop: SIGUSR1/SIGTERM (e.g. SLURM's `--signal` before the time limit, or a
-requeue) set a flag; at the end of the current step all ranks agree on it, save a checkpoint
-and exit cleanly."""
+"""A graceful stop: SIGUSR1/SIGTERM (`megadyt.parallel.stop_signals`) set a flag; at the end of
+the current step all ranks agree on it, save a checkpoint and exit 0.
+
+`megadyt train` enters a `StopRequest` first thing, before torch is imported: SIGUSR1's default
+action is to terminate, so a signal that arrived while the model and data were being built
+used to kill a rank without a save. This module imports torch only in `agreed`.
+"""
 
 from __future__ import annotations
 
 import signal
 
-import torch
-import torch.distributed as dist
-
-from megadyt.parallel.distributed import device
+from megadyt.parallel.stop_signals import STOP_SIGNALS, inherited_stop
 
 
 class StopRequest:
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous = {}
+        self.received: int | None = inherited_stop()
+        self._previous: dict = {}
 
     def __enter__(self) -> StopRequest:
         for sig in self.SIGNALS:
@@ -35,8 +36,16 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.received = signum
 
-    def agreed(self) -> bool:
-        """Whether any rank received a stop signal (a collective: every rank, every step)."""
-        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device())
+    def agreed(self) -> str | None:
+        """The stop signal's name when any rank received one, else None: a collective, so every
+        rank calls it at the same points. Different signals on different ranks: the highest
+        number wins (SIGTERM, 15, over SIGUSR1, 10)."""
+        import torch
+        import torch.distributed as dist
+
+        from megadyt.parallel.distributed import device
+
+        flag = torch.tensor([float(self.received or 0)], device=device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        number = int(flag.item())
+        return signal.Signals(number).name if number else None

@@ -55,6 +55,7 @@ class TrainResult:
     losses: dict[int, float]  # step -> training loss (global batch mean)
     skipped_steps: int
     rollbacks: int = 0
+    stop_signal: str | None = None  # e.g. "SIGUSR1" when a stop request ended the run early
 
 
 def _check_same_config_on_all_ranks(cfg: Config) -> None:
@@ -79,9 +80,11 @@ class Trainer:
         zero_shot: ZeroShotScorer | None = None,
         after_publish: AfterPublish | None = None,
         record: RunRecord | None = None,
+        stop: StopRequest | None = None,
     ) -> None:
         t = cfg.train
         self.cfg, self.run_dir, self.record = cfg, RunDir(cfg.run.dir), record
+        self.stop = stop if stop is not None else StopRequest()
         self.evaluator = Evaluator(cfg, valid_data, zero_shot)
         seed_everything(t.seed)
         model = build_model(cfg).to(device())
@@ -141,9 +144,15 @@ class Trainer:
             self.record.started(first if client else None)
         writer = self._open_writer(resumed=client is not None, first=first)
         step, losses = first, {}
-        with StopRequest() as stop, contextlib.closing(writer):
+        with contextlib.closing(writer):
+            stopping = self.stop.agreed()  # a stop during start-up: nothing new to save
+            if stopping:
+                writer.message(
+                    f"megadyt: {stopping} received during start-up: stopped at step {step} "
+                    "before training; nothing new to save"
+                )
             self.metrics.start_window()  # throughput counts from here, not from start-up
-            while step < self.stop_at:
+            while step < self.stop_at and not stopping:
                 outcome = self.train_step(step)
                 self.metrics.step_done()
                 self.guard.report_spikes(step, outcome.spikes, writer)
@@ -160,13 +169,26 @@ class Trainer:
                     self._log(step, outcome, writer, steps_here=step - first)
                 with self.metrics.paused():  # evaluation and saving are not throughput
                     self.evaluator.run_due(step, self.engine, writer, self.metrics.tokens_at(step))
-                    stopping = stop.agreed()  # a collective: every rank, every step
+                    stopping = self.stop.agreed()  # a collective: every rank, every step
+                    saved = False
                     if self.checkpointer.is_due(step, self.stop_at) or stopping:
-                        self.checkpointer.save(step, self.client_state(step))
+                        saved = self.checkpointer.save(step, self.client_state(step))
                 if stopping:
-                    writer.message(f"step {step}: stop signal received; checkpoint saved, exiting")
-                    break
-        return TrainResult(first, step, losses, self.guard.skipped, self.guard.rollbacks)
+                    writer.message(self._stop_line(stopping, step, saved))
+        return TrainResult(first, step, losses, self.guard.skipped, self.guard.rollbacks, stopping)
+
+    def _stop_line(self, signal_name: str, step: int, saved: bool) -> str:
+        """The one line a stop request ends the run with (rank 0 prints it)."""
+        if saved:
+            return (
+                f"megadyt: {signal_name} received: stopped at step {step} with a checkpoint "
+                "saved; the same command (or the requeued job) resumes from it"
+            )
+        latest = self.run_dir.latest_tag() or "nothing: the run starts over"
+        return (
+            f"megadyt: {signal_name} received: stopped at step {step}, but its checkpoint "
+            f"could not be saved (see above); a resume starts from {latest}"
+        )
 
     def _open_writer(self, resumed: bool, first: int) -> MetricsWriter:
         """The run's metrics writer, after saying how the run starts (resume or calibration)."""
@@ -249,11 +271,21 @@ def train(
     zero_shot: ZeroShotScorer | None = None,
     after_publish: AfterPublish | None = None,
     allow_config_change: bool = False,
+    stop: StopRequest | None = None,
 ) -> TrainResult:
     """Initialise distributed state, take the run, build data and engine, train. `datasets`
     (train, valid) overrides the config's data section (tests use it for synthetic token
     sources); `zero_shot` scores train.zero_shot_tasks (`megadyt train` passes lm-eval's);
-    `allow_config_change` lets a resume change the schedule (`megadyt.training.provenance`)."""
+    `allow_config_change` lets a resume change the schedule (`megadyt.training.provenance`);
+    `stop` is a StopRequest its caller entered earlier (`megadyt train` does so before
+    importing torch), else one is held for the duration of this call."""
+    with contextlib.ExitStack() as stack:
+        if stop is None:
+            stop = stack.enter_context(StopRequest())
+        return _train(cfg, datasets, zero_shot, after_publish, allow_config_change, stop)
+
+
+def _train(cfg, datasets, zero_shot, after_publish, allow_config_change, stop) -> TrainResult:
     env = init_distributed(cfg.parallel.tp, cfg.parallel.backend, cfg.parallel.timeout_minutes)
     validate_config(cfg, env.world_size)
     _check_same_config_on_all_ranks(cfg)
@@ -261,9 +293,11 @@ def train(
         if datasets is None:
             datasets = build_train_valid(cfg)
         with launcher_variables():  # DeepSpeed's ZeRO-3 reads LOCAL_RANK during every forward
-            trainer = Trainer(cfg, *datasets, zero_shot, after_publish, record)
+            trainer = Trainer(cfg, *datasets, zero_shot, after_publish, record, stop)
             result = trainer.run()
-        record.ended(
-            result.last_step, "completed" if result.last_step >= cfg.train.steps else "stopped"
-        )
+        if result.last_step >= cfg.train.steps:
+            outcome = "completed"
+        else:
+            outcome = f"stopped by {result.stop_signal}" if result.stop_signal else "stopped"
+        record.ended(result.last_step, outcome)
         return result
