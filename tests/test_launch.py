@@ -31,6 +31,9 @@ if [[ "${FAKE_SRUN_WAIT:-0}" == 1 ]]; then
     while true; do sleep 0.1; done
 fi
 """
+FAKE_SQUEUE = """#!/usr/bin/env bash
+echo "${FAKE_TIME_LIMIT:-UNLIMITED}"
+"""
 FAKE_SCONTROL = """#!/usr/bin/env bash
 echo "$*" >> "$FAKE_LOG/scontrol.calls"
 if [[ "$1 $2" == "show hostnames" ]]; then printf 'gpu-node-07\\ngpu-node-08\\n'; fi
@@ -59,7 +62,7 @@ def _fake_slurm(tmp_path: Path, extra_env: dict | None = None) -> dict:
     bin_dir, log = tmp_path / "bin", tmp_path / "log"
     bin_dir.mkdir(exist_ok=True)
     log.mkdir(exist_ok=True)
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("squeue", FAKE_SQUEUE)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
@@ -139,6 +142,15 @@ def test_sbatch_process_count_comes_from_nproc_and_a_cpu_node_needs_it(tmp_path)
     assert "--nproc_per_node=1" in _torchrun_args(tmp_path)
     log = (tmp_path / "run/logs/slurm-4242-restart1.log").read_text()
     assert "2 node(s) x 1 = 2 ranks (cpu," in log
+
+
+def test_sbatch_refuses_a_time_limit_inside_the_stop_lead(tmp_path):
+    """USR1 arrives STOP_GRACE_S (600 s) before the end: with --time=10 it would arrive at
+    every start, and the job would requeue forever without training."""
+    proc = _run_sbatch(tmp_path, {"FAKE_TIME_LIMIT": "10:00"})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "time limit (10:00)" in proc.stderr and "raise --time" in proc.stderr
+    assert not (tmp_path / "log/srun.args").exists()
 
 
 def _start_sbatch(tmp_path: Path, extra_env: dict) -> subprocess.Popen:

@@ -191,7 +191,9 @@ def _hang(rank: int, world_size: int, run_dir: str) -> str:
 
         def hanging_step(self, step):
             if step == 3:
-                time.sleep(45)  # stuck: no collective for much longer than the timeout
+                # stuck: no collective for longer than rank 0's timeout (12 s) plus its
+                # health check (at most 12 s more)
+                time.sleep(30)
             return original(self, step)
 
         trainer_module.Trainer.train_step = hanging_step

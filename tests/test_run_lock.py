@@ -151,7 +151,7 @@ def test_a_double_submit_is_refused_and_the_first_run_finishes_cleanly(tmp_path)
     assert len(list(run.tensorboard.rglob("events.out.tfevents.*"))) == 1
     assert [(h["event"], h.get("outcome")) for h in run.read_history()] == [
         ("start", None),
-        ("end", "stopped"),
+        ("end", "stopped by SIGUSR1"),
     ]
     assert json.loads(run.lock_file.read_text())["state"] == "released"
 

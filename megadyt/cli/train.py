@@ -7,6 +7,7 @@ import argparse
 from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
 from megadyt.parallel.launch_env import launch_rank
+from megadyt.parallel.stop_signals import ignore_stop_signals
 from megadyt.training.signals import StopRequest
 
 HELP = "pretrain a model (single process, or under torchrun / srun)"
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             )
         finally:
             destroy_distributed()
+    ignore_stop_signals()
     # A stop request's line came from the trainer; a planned early stop is said here, once.
     if result.stop_signal is None and result.last_step < cfg.train.steps and launch_rank() == 0:
         print(

@@ -17,6 +17,13 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 STOP_ENV = "MEGADYT_STOP_SIGNAL"
 
 
+def ignore_stop_signals() -> None:
+    """After a run has ended: a late stop request has nothing left to stop, and SIGUSR1's
+    default action would turn a finished run's exit into a failure."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def inherited_stop() -> int | None:
     """The stop signal a launcher received before this process existed, if any."""
     name = os.environ.get(STOP_ENV)

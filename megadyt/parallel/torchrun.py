@@ -6,10 +6,14 @@ preemption) is the trainers' to handle: each saves its part of a checkpoint and 
 (`megadyt.training.signals`). torchrun's own handling of a signal is to raise in its agent,
 forward the signal, and exit 1 with a 30-line traceback once the workers are gone, so every
 graceful stop looked like a crash (and `srun --kill-on-bad-exit` killed the other nodes). So
-this agent handles those two signals itself: it passes them to its workers and lets them
-finish; torchrun then sees them succeed and exits 0. A stop that arrives before the workers
-exist is handed to them through `STOP_ENV`. Other signals (SIGINT, SIGHUP, SIGQUIT) keep
-torchrun's behaviour.
+this agent takes those two signals itself and torchrun never sees them:
+- they are blocked first thing, and a thread takes them with `sigwait`. The workers inherit
+  the blocked mask, so a stop that reaches a worker before its handler exists waits for it
+  (`StopRequest` unblocks), instead of killing it with SIGUSR1's default action;
+- each one is passed on to the workers, which save and exit 0; torchrun sees them succeed
+  and exits 0. One that arrives before the workers exist reaches them through `STOP_ENV`;
+  a SIGTERM then, with nothing started and nothing to save, ends the agent at once.
+SIGINT (Ctrl-C), SIGHUP and SIGQUIT keep torchrun's behaviour: they stop the workers now.
 
 torchrun also raises `ChildFailedError` whenever a worker exits non-zero, and prints it with a
 traceback and a failure table; no flag turns that off. A megadyt user error has already been
@@ -22,31 +26,38 @@ from __future__ import annotations
 import os
 import signal
 import sys
-
-import psutil
+import threading
 
 from megadyt.parallel.stop_signals import STOP_ENV, STOP_SIGNALS
 
 
-def _pass_to_workers(signum: int, frame) -> None:
-    """Give a stop request to every worker this agent started (its child processes), and to
-    any it starts later."""
-    os.environ[STOP_ENV] = signal.Signals(signum).name
-    for child in psutil.Process().children():
-        try:
-            child.send_signal(signum)
-        except psutil.NoSuchProcess:
-            pass
+def _serve_stop_signals() -> None:
+    """Take each stop signal (blocked in every thread, so it waits here) and pass it on to the
+    workers this agent started (its only child processes), and to any it starts later."""
+    import psutil
+
+    while True:
+        signum = signal.sigwait(STOP_SIGNALS)
+        workers = psutil.Process().children()
+        if signum == signal.SIGTERM and not workers:
+            os._exit(128 + signum)  # nothing started, nothing to save
+        os.environ[STOP_ENV] = signal.Signals(signum).name
+        for worker in workers:
+            try:
+                worker.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
 
 
 def _without_stop_signals(signals_to_handle: str) -> str:
     names = {s.name for s in STOP_SIGNALS}
-    return ",".join(s for s in signals_to_handle.split(",") if s.strip() not in names)
+    kept = [s for s in signals_to_handle.split(",") if s.strip() not in names]
+    return ",".join(kept) or "SIGINT"
 
 
 def main(argv: list[str] | None = None) -> int:
-    for sig in STOP_SIGNALS:  # first: torch's import takes seconds
-        signal.signal(sig, _pass_to_workers)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # first: every later thread inherits it
+    threading.Thread(target=_serve_stop_signals, name="megadyt-stop", daemon=True).start()
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 

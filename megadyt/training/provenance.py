@@ -186,7 +186,8 @@ class RunRecord:
         )
 
     def ended(self, step: int | None, outcome: str) -> None:
-        """Record how this start ended ("completed", "stopped" or "error: ...")."""
+        """Record how this start ended: "completed", "stopped" (train.stop_at_step), "stopped
+        by SIGUSR1" (a stop request; or SIGTERM) or "error: ..."."""
         if self.rank0 and self.started_at is not None:
             self.run.append_history(
                 {"event": "end", "time": _now(), "step": step, "outcome": outcome}

@@ -3,7 +3,10 @@ the current step all ranks agree on it, save a checkpoint and exit 0.
 
 `megadyt train` enters a `StopRequest` first thing, before torch is imported: SIGUSR1's default
 action is to terminate, so a signal that arrived while the model and data were being built
-used to kill a rank without a save. This module imports torch only in `agreed`.
+used to kill a rank without a save. Under `megadyt.parallel.torchrun` the stop signals start
+blocked (the launcher's mask is inherited), so even one sent before that moment waits until
+the handler is installed and the signals are unblocked. This module imports torch only in
+`agreed`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class StopRequest:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. some test harnesses)
                 pass
+        if self._previous:  # a stop held back by the launcher's blocked mask arrives now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
         return self
 
     def __exit__(self, *exc) -> None:
