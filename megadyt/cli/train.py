@@ -35,9 +35,8 @@ def run(args: argparse.Namespace) -> int:
             *args.overrides,
             *(["train.resume_fallback=true"] if args.resume_fallback else []),
         ]
-        cfg = load_config(
-            args.config, overrides
-        )  # before torch is imported: config errors are fast
+        # before torch is imported: config errors are fast
+        cfg = load_config(args.config, overrides)
 
         from megadyt.parallel.distributed import destroy_distributed
         from megadyt.training.trainer import train
