@@ -127,6 +127,12 @@ def metrics_records(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in RunDir(run_dir).metrics.read_text().splitlines()]
 
 
+def logged_losses(run_dir: Path) -> dict[int, float]:
+    """step -> training loss from metrics.jsonl; a step logged twice (before a crash or a stop,
+    and again after the resume) keeps the last."""
+    return {r["step"]: r["loss"] for r in metrics_records(run_dir) if "loss" in r}
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without the launcher variables an in-process init_distributed set
     (a subprocess would otherwise join this process's rendezvous port), plus `extra`."""

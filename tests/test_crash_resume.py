@@ -8,7 +8,6 @@ exit 0 with one line, also when it arrives during start-up.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,19 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, clean_env, train_command
+from conftest import ROOT, clean_env, logged_losses, train_command
 
 pytestmark = pytest.mark.multiprocess
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    """step -> loss; a step logged twice (before a crash and after the resume) keeps the last."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            out[record["step"]] = record["loss"]
-    return out
 
 
 def _quiet() -> dict:
@@ -59,7 +48,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
 def straight(tmp_path_factory) -> dict[int, float]:
     run_dir = tmp_path_factory.mktemp("straight")
     _run(train_command(run_dir, 12, 3))
-    return _losses(run_dir)
+    return logged_losses(run_dir)
 
 
 def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path, straight):
@@ -73,7 +62,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path, straight):
     assert killed_at.startswith("step_") and int(killed_at[5:]) < 12
 
     _run(cmd)
-    resumed = _losses(tmp_path)
+    resumed = logged_losses(tmp_path)
     assert sorted(resumed) == list(range(1, 13))
     for step in range(int(killed_at[5:]) + 1, 13):
         assert resumed[step] == straight[step], (step, resumed[step], straight[step])
@@ -150,7 +139,7 @@ def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
 
     straight_dir, crash_dir = tmp_path / "straight", tmp_path / "crash"
     _run(_torchrun(train_command(straight_dir, 8, 2)))
-    straight = _losses(straight_dir)
+    straight = logged_losses(straight_dir)
 
     cmd = _torchrun(train_command(crash_dir, 8, 2))
     proc = subprocess.Popen(cmd, start_new_session=True, **_quiet())
@@ -170,7 +159,7 @@ def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
     checkpoint.verify_checkpoint(ckpts / tag)  # raises if what `latest` names is incomplete
 
     _run(cmd)
-    resumed = _losses(crash_dir)
+    resumed = logged_losses(crash_dir)
     assert sorted(resumed) == list(range(1, 9))
     for step in range(int(tag[5:]) + 1, 9):
         assert resumed[step] == straight[step], (step, resumed[step], straight[step])

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI_SMALL_RUN, ROOT, clean_env
+from conftest import CLI_SMALL_RUN, ROOT, clean_env, logged_losses
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -113,15 +113,6 @@ def _wait_done(env: dict, job: str) -> dict:
     return _job(env, job)
 
 
-def _losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            out[record["step"]] = record["loss"]
-    return out
-
-
 def _trained_to(env: dict, job: str, run_dir: Path, steps: int) -> bool:
     """Whether the run has logged `steps` losses; fails at once if the job has ended."""
     state = _job(env, job)["JobState"]
@@ -160,8 +151,8 @@ def test_pretrain_sbatch_stops_requeues_and_resumes_exactly(slurm, tmp_path):
     job = _wait_done(slurm, stopped)
     assert (job["JobState"], job["ExitCode"], job["Restarts"]) == ("COMPLETED", "0:0", "3")
 
-    assert _losses(stopped_dir) == _losses(straight_dir)
-    assert sorted(_losses(straight_dir)) == list(range(1, STEPS + 1))
+    assert logged_losses(stopped_dir) == logged_losses(straight_dir)
+    assert sorted(logged_losses(straight_dir)) == list(range(1, STEPS + 1))
     history = [
         json.loads(line) for line in (stopped_dir / "history.jsonl").read_text().splitlines()
     ]
