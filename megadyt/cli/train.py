@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
+from megadyt.errors import MegadytError
 from megadyt.parallel.launch_env import launch_rank
 from megadyt.parallel.stop_signals import ignore_stop_signals
 from megadyt.training.signals import StopRequest
@@ -28,28 +30,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _train(args: argparse.Namespace, stop: StopRequest):
+    """Load the config (before torch is imported: config errors are fast), then train."""
+    overrides = [*args.overrides, *(["train.resume_fallback=true"] if args.resume_fallback else [])]
+    cfg = load_config(args.config, overrides)
+
+    from megadyt.parallel.distributed import destroy_distributed
+    from megadyt.training.trainer import train
+
+    zero_shot = None
+    if cfg.train.zero_shot_tasks:  # lm-eval is imported only by runs that use it
+        from megadyt.evaluation.periodic import evaluate_model as zero_shot
+    try:
+        return cfg, train(
+            cfg, zero_shot=zero_shot, allow_config_change=args.allow_config_change, stop=stop
+        )
+    finally:
+        destroy_distributed()
+
+
 def run(args: argparse.Namespace) -> int:
     # First: a stop request (SIGUSR1/SIGTERM) during start-up is remembered, not fatal.
     with StopRequest() as stop:
-        overrides = [
-            *args.overrides,
-            *(["train.resume_fallback=true"] if args.resume_fallback else []),
-        ]
-        # before torch is imported: config errors are fast
-        cfg = load_config(args.config, overrides)
-
-        from megadyt.parallel.distributed import destroy_distributed
-        from megadyt.training.trainer import train
-
-        zero_shot = None
-        if cfg.train.zero_shot_tasks:  # lm-eval is imported only by runs that use it
-            from megadyt.evaluation.periodic import evaluate_model as zero_shot
         try:
-            result = train(
-                cfg, zero_shot=zero_shot, allow_config_change=args.allow_config_change, stop=stop
-            )
-        finally:
-            destroy_distributed()
+            cfg, result = _train(args, stop)
+        except MegadytError as exc:
+            # SIGTERM is also how torchrun ends the other workers once one has failed: the
+            # handler kept it from killing this rank, and rank 0 reports the error, once.
+            if stop.received == signal.SIGTERM and launch_rank() != 0:
+                return exc.exit_code
+            raise
     ignore_stop_signals()
     # A stop request's line came from the trainer; a planned early stop is said here, once.
     if result.stop_signal is None and result.last_step < cfg.train.steps and launch_rank() == 0:

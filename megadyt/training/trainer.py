@@ -279,13 +279,18 @@ def train(
     `allow_config_change` lets a resume change the schedule (`megadyt.training.provenance`);
     `stop` is a StopRequest its caller entered earlier (`megadyt train` does so before
     importing torch), else one is held for the duration of this call."""
-    with contextlib.ExitStack() as stack:
-        if stop is None:
-            stop = stack.enter_context(StopRequest())
-        return _train(cfg, datasets, zero_shot, after_publish, allow_config_change, stop)
+    with contextlib.nullcontext(stop) if stop is not None else StopRequest() as held:
+        return _train(cfg, datasets, zero_shot, after_publish, allow_config_change, held)
 
 
-def _train(cfg, datasets, zero_shot, after_publish, allow_config_change, stop) -> TrainResult:
+def _train(
+    cfg: Config,
+    datasets,
+    zero_shot: ZeroShotScorer | None,
+    after_publish: AfterPublish | None,
+    allow_config_change: bool,
+    stop: StopRequest,
+) -> TrainResult:
     env = init_distributed(cfg.parallel.tp, cfg.parallel.backend, cfg.parallel.timeout_minutes)
     validate_config(cfg, env.world_size)
     _check_same_config_on_all_ranks(cfg)
