@@ -6,8 +6,10 @@
 #
 # Stages, in order, each under its own time limit; a failing or overrunning stage is recorded
 # and the next one still runs:
-#   install     .venv with the CUDA build of torch and megadyt[dev,bench] (skipped when a .venv
-#               with CUDA torch is already there, so a rerun goes straight to the checks)
+#   install     .venv with the CUDA build of torch and megadyt[dev,bench]; or, on an image with
+#               CUDA torch and no registry, the wheels of benchmarks/gpu_wheelhouse.sh (.whl/)
+#               into MEGADYT_VENV; skipped when CUDA torch and megadyt are already there, so a
+#               rerun goes straight to the checks
 #   gpu-tests   pytest -m gpu: Triton DyT/Derf kernels vs the formula (fp32/bf16/fp16, odd
 #               widths, every gradient), SDPA vs megatron-core's attention in bf16, and a bf16
 #               NCCL training run of the tiny config that trains, saves, resumes and evaluates
@@ -31,7 +33,7 @@ OUT=gpu-check
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg (use --dry-run or an output directory)" >&2; exit 2 ;;
     *) OUT="$arg" ;;
   esac
@@ -39,14 +41,16 @@ done
 
 VENV="${MEGADYT_VENV:-$PWD/.venv}"
 PY="$VENV/bin/python"
+# the source tree is importable even where an editable install could not be made
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # name | limit in seconds | command (run with bash -c, from the repository root)
 STAGES=(
-  "install|85|benchmarks/gpu_install.sh"
-  "gpu-tests|120|$PY -m pytest -q -m gpu tests/test_gpu_kernels.py tests/test_gpu_training.py -p no:cacheprovider -rs --junitxml=$OUT/gpu-tests.xml"
+  "install|45|benchmarks/gpu_install.sh"
+  "gpu-tests|130|$PY -m pytest -q -m gpu tests/test_gpu_kernels.py tests/test_gpu_training.py -p no:cacheprovider -rs --junitxml=$OUT/gpu-tests.xml"
   "norms|45|$PY benchmarks/norms.py --device cuda --dtypes bf16 --output $OUT/norms.json"
   "appendix-c|25|$PY benchmarks/norms.py --device cuda --appendix-c --output $OUT/norms-appendix-c.json"
-  "train-100m|75|$PY benchmarks/train_throughput.py --sizes 100m --norms rmsnorm dyt --steps 6 --output $OUT/train-100m.json"
-  "train-1b|120|$PY benchmarks/train_throughput.py --sizes 1b --norms rmsnorm dyt --steps 6 --output $OUT/train-1b.json"
+  "train-100m|70|$PY benchmarks/train_throughput.py --sizes 100m --norms rmsnorm dyt --steps 6 --output $OUT/train-100m.json"
+  "train-1b|150|$PY benchmarks/train_throughput.py --sizes 1b --norms rmsnorm dyt --steps 6 --output $OUT/train-1b.json"
   "plan-memory|10|$PY benchmarks/plan_memory.py $OUT/train-100m.json $OUT/train-1b.json --output $OUT/plan-memory.json"
 )
 

@@ -1,20 +1,42 @@
 #!/usr/bin/env bash
-# The install stage of gpu_check.sh: a .venv with the CUDA build of torch (the package registry's
-# default torch wheel on Linux) and megadyt[dev,bench] (transformers, Liger-Kernel). Skipped when .venv already
-# has a torch that sees a GPU, so rerunning the check does not reinstall.
+# The install stage of gpu_check.sh. Skipped when the environment already has a torch that sees
+# a GPU and megadyt, so rerunning the check does not reinstall. Two ways in:
+#   online   a .venv with the CUDA build of torch (the package registry's default torch wheel
+#            on Linux) and megadyt[dev,bench] (transformers, Liger-Kernel)
+#   offline  when a wheelhouse exists (MEGADYT_WHEELS, default .whl/, made by
+#            benchmarks/gpu_wheelhouse.sh on a machine with the registry): a GPU image whose
+#            python already holds CUDA torch gets the missing wheels, without an index and
+#            without dependency resolution, into that environment: set MEGADYT_VENV to its
+#            prefix (python3 -c 'import sys; print(sys.prefix)')
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${MEGADYT_VENV:-$PWD/.venv}"
+WHEELS="${MEGADYT_WHEELS:-$PWD/.whl}"
+PY="$VENV/bin/python"
 start=$SECONDS
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c \
-  "import torch, megadyt; assert torch.cuda.is_available()" 2>/dev/null; then
+if [ -x "$PY" ] && "$PY" -c "import torch, megadyt; assert torch.cuda.is_available()" 2>/dev/null
+then
   echo "install: $VENV already has CUDA torch and megadyt; skipped"
   exit 0
 fi
-python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q "torch>=2.6"
-"$VENV/bin/pip" install -q -e ".[dev,bench]"
-"$VENV/bin/python" -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'; \
-print('install: torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
+if [ -d "$WHEELS" ]; then
+  if ! [ -x "$PY" ] || ! "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    echo "install: offline install from $WHEELS needs MEGADYT_VENV = an environment whose python" \
+      "has CUDA torch (e.g. MEGADYT_VENV=\$(python3 -c 'import sys; print(sys.prefix)'))" >&2
+    exit 2
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation "$WHEELS"/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e .
+  # --no-deps skips the resolver: show what the image's own versions leave unmet (information)
+  "$PY" -m pip check || true
+else
+  python3 -m venv "$VENV"
+  "$PY" -m pip install -q --upgrade pip
+  "$PY" -m pip install -q "torch>=2.6"
+  "$PY" -m pip install -q -e ".[dev,bench]"
+fi
+"$PY" -c "import torch, deepspeed, megatron.core, lm_eval, megadyt; \
+assert torch.cuda.is_available(), 'torch sees no GPU'; \
+print('install: torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(), \
+'deepspeed', deepspeed.__version__, 'megatron-core', megatron.core.__version__)"
 echo "install: took $((SECONDS - start)) s"
