@@ -45,13 +45,13 @@ PY="$VENV/bin/python"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # name | limit in seconds | command (run with bash -c, from the repository root)
 STAGES=(
-  "install|45|benchmarks/gpu_install.sh"
-  "gpu-tests|130|$PY -m pytest -q -m gpu tests/test_gpu_kernels.py tests/test_gpu_training.py -p no:cacheprovider -rs --junitxml=$OUT/gpu-tests.xml"
-  "norms|45|$PY benchmarks/norms.py --device cuda --dtypes bf16 --output $OUT/norms.json"
-  "appendix-c|25|$PY benchmarks/norms.py --device cuda --appendix-c --output $OUT/norms-appendix-c.json"
-  "train-100m|70|$PY benchmarks/train_throughput.py --sizes 100m --norms rmsnorm dyt --steps 6 --output $OUT/train-100m.json"
-  "train-1b|150|$PY benchmarks/train_throughput.py --sizes 1b --norms rmsnorm dyt --steps 6 --output $OUT/train-1b.json"
-  "plan-memory|10|$PY benchmarks/plan_memory.py $OUT/train-100m.json $OUT/train-1b.json --output $OUT/plan-memory.json"
+  "install|60|benchmarks/gpu_install.sh"
+  "gpu-tests|140|$PY -m pytest -q -m gpu tests/test_gpu_kernels.py tests/test_gpu_training.py -p no:cacheprovider -rs --junitxml=$OUT/gpu-tests.xml"
+  "norms|40|$PY benchmarks/norms.py --device cuda --dtypes bf16 --impls reference triton --output $OUT/norms.json"
+  "appendix-c|25|$PY benchmarks/norms.py --device cuda --appendix-c --impls reference triton --output $OUT/norms-appendix-c.json"
+  "train-100m|85|$PY benchmarks/train_throughput.py --sizes 100m --norms rmsnorm dyt --steps 6 --output $OUT/train-100m.json"
+  "train-1b|115|$PY benchmarks/train_throughput.py --sizes 1b --norms rmsnorm dyt --steps 6 --output $OUT/train-1b.json"
+  "plan-memory|15|$PY benchmarks/plan_memory.py $OUT/train-100m.json $OUT/train-1b.json --output $OUT/plan-memory.json"
 )
 
 dry_run() {
