@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import TokenSource, small_config, train_small
 
+from megadyt.errors import MegadytError
 from megadyt.parallel.testing import run_distributed
 
 pytestmark = pytest.mark.multiprocess
@@ -23,16 +24,37 @@ def _layouts(rank: int, world_size: int, layouts: list[list[str]]) -> list[dict]
 
 
 def _resume(rank: int, world_size: int, tmp: str, zero: int) -> dict:
+    """At DP=2: a straight run, a run split at step 5 and resumed, and the first half of a run
+    (`to_dp1`) that DP=1 finishes; the second half of `from_dp1`, which DP=1 started."""
     common = [f"parallel.zero_stage={zero}"]
     straight = train_small([*common, f"run.dir={tmp}/straight"]).losses
     first = train_small([*common, f"run.dir={tmp}/split", "train.stop_at_step=5"])
     second = train_small([*common, f"run.dir={tmp}/split"])
+    train_small([*common, f"run.dir={tmp}/to_dp1", "train.stop_at_step=5"])
+    from_dp1 = train_small([*common, f"run.dir={tmp}/from_dp1"])
+    try:  # the same 2 ranks as TP=2 × DP=1: a change of TP is refused before anything loads
+        train_small([*common, f"run.dir={tmp}/straight", "parallel.tp=2"])
+        tp_change = None
+    except MegadytError as exc:
+        tp_change = str(exc)
     return {
+        "tp_change": tp_change,
         "straight": straight,
         "first": first.losses,
         "second": second.losses,
         "resumed_at": second.first_step,
+        "from_dp1": from_dp1.losses,
+        "from_dp1_at": from_dp1.first_step,
     }
+
+
+def _start_at_dp1(rank: int, world_size: int, tmp: str, zero: int) -> None:
+    train_small([f"parallel.zero_stage={zero}", f"run.dir={tmp}/from_dp1", "train.stop_at_step=5"])
+
+
+def _finish_at_dp1(rank: int, world_size: int, tmp: str, zero: int) -> dict:
+    result = train_small([f"parallel.zero_stage={zero}", f"run.dir={tmp}/to_dp1"])
+    return {"to_dp1": result.losses, "to_dp1_at": result.first_step}
 
 
 def _validation_loss_of_tp1_export(rank: int, world_size: int, run_dirs: list[str]) -> dict:
@@ -114,8 +136,13 @@ def test_same_loss_curve_for_every_parallel_layout(tmp_path):
 
 
 @pytest.mark.parametrize("zero", [1, 3])
-def test_exact_resume(tmp_path, zero):
+def test_exact_resume_and_on_another_data_parallel_size(tmp_path, zero):
+    """Resume at the same layout is bitwise; a resume on another data-parallel size (DeepSpeed
+    universal checkpoint, converted on the fly) continues the uninterrupted DP=2 curve within
+    fp32 tolerance (the gradient sums are ordered differently), both ways."""
+    run_distributed(_start_at_dp1, world_size=1, tmp=str(tmp_path), zero=zero)
     result = run_distributed(_resume, world_size=2, tmp=str(tmp_path), zero=zero)[0]
+    result.update(run_distributed(_finish_at_dp1, world_size=1, tmp=str(tmp_path), zero=zero)[0])
     assert sorted(result["first"]) == [1, 2, 3, 4, 5]
     assert result["resumed_at"] == 5
     assert sorted(result["second"]) == [6, 7, 8, 9, 10]
@@ -123,6 +150,16 @@ def test_exact_resume(tmp_path, zero):
         assert loss == result["straight"][step], (step, loss, result["straight"][step])
     latest = (tmp_path / "split" / "checkpoints" / "latest").read_text().strip()
     assert latest == "step_0000010"
+    assert "saved with tensor-parallel size 1, this run has 2" in result["tp_change"]
+    for name in ("to_dp1", "from_dp1"):  # 2 -> 1 and 1 -> 2 ranks
+        assert result[f"{name}_at"] == 5, name
+        got = torch.tensor([result[name][s] for s in range(6, 11)])
+        want = torch.tensor([result["straight"][s] for s in range(6, 11)])
+        torch.testing.assert_close(
+            got, want, rtol=2e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}"
+        )
+        universal = tmp_path / name / "checkpoints" / "universal"
+        assert sorted(p.name for p in universal.iterdir()) == ["step_0000005", "step_0000005.log"]
 
 
 def _one_run_for_logs(rank: int, world_size: int, run_dir: str) -> None:

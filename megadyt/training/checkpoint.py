@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 
 from megadyt.atomic import atomic_output
 from megadyt.errors import MegadytError
 from megadyt.parallel.distributed import device, from_all_ranks, from_rank0
+from megadyt.training import reshard
 from megadyt.training.manifest import (
     check_files,
     read_manifest,
@@ -201,15 +203,16 @@ def load_checkpoint(
     tag_dir = run.tag_dir(tag)
     manifest = json.loads(manifest_file(tag_dir).read_text())
     _check_same_model(tag_dir, manifest.get("model"), model)
-    if manifest["world_size"] != dist.get_world_size() and engine.zero_optimization_stage() > 0:
-        # DeepSpeed can reshape ZeRO states only through its universal-checkpoint tooling
-        raise MegadytError(
-            f"checkpoint {tag_dir} was saved by {manifest['world_size']} ranks, this run "
-            f"has {dist.get_world_size()}; resume with the same layout"
-        )
-    load_path, client_state = engine.load_checkpoint(
-        str(run.checkpoints), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
-    )
+    saved_world, world = manifest["world_size"], dist.get_world_size()
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    if reshard.needs_universal(engine, tag_dir, saved_world, tp, world):
+        reshard.ensure_universal(run, tag, saved_world, world)
+        load_path, client_state = reshard.load_universal(engine, run, tag)
+    else:
+        load_path, client_state = engine.load_checkpoint(
+            str(run.checkpoints), tag=tag, load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+        )  # fmt: skip
     if load_path is None:
         raise MegadytError(f"DeepSpeed could not load checkpoint {tag_dir}")
     rng_path = rng_file(tag_dir, dist.get_rank())

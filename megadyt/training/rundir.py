@@ -14,6 +14,12 @@
         rng_rankNNNNN.pt         every generator's state, one file per rank
         weights/tp_rank_NN.pt    each TP shard of the weights, loadable on one device
         ...                      DeepSpeed's model and optimizer files
+    RUN/checkpoints/universal/step_NNNNNNN/
+                                 DeepSpeed's universal form of that checkpoint, made when a
+                                 run resumes it on another data-parallel size
+                                 (`training.reshard`); the newest conversion only
+    RUN/checkpoints/universal/step_NNNNNNN.log
+                                 the conversion's output
     RUN/checkpoints/.deleting-step_NNNNNNN/
                                  a checkpoint retention is deleting (`training.retention`);
                                  never a step tag, so never read, and removed by the next pass
@@ -46,6 +52,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_DIR = "weights"
+UNIVERSAL_DIR = "universal"
 TRASH_PREFIX = ".deleting-"  # + a tag: a checkpoint being deleted, which nothing reads
 
 _TAG = re.compile(r"step_(\d{7,})")
@@ -188,6 +195,14 @@ class RunDir:
         first."""
         dirs = [p for p in self.checkpoints.glob("step_*") if step_of(p.name) is not None]
         return sorted((p for p in dirs if p.is_dir()), key=lambda p: step_of(p.name) or 0)
+
+    @property
+    def universal_root(self) -> Path:
+        """Where DeepSpeed universal conversions live (the load_dir for `load_universal`)."""
+        return self.checkpoints / UNIVERSAL_DIR
+
+    def universal_dir(self, tag: str) -> Path:
+        return self.universal_root / tag
 
     def trash_dir(self, tag: str) -> Path:
         """Where a checkpoint is moved to be deleted: not a step tag, so nothing loads it."""

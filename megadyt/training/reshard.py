@@ -1,0 +1,150 @@
+"""Resuming a checkpoint on another data-parallel size, through DeepSpeed's universal checkpoint.
+
+ZeRO stages 1-3, and DeepSpeed's bf16 optimizer even at stage 0, split the optimizer state
+(fp32 master weights, Adam moments) by data-parallel rank, so what `a` ranks saved cannot be
+loaded as is by `b` ranks. DeepSpeed's own `ds_to_universal` rewrites such a checkpoint into one
+folder per parameter, which `load_universal` loads on any data-parallel size. megadyt does this
+when the number of data-parallel ranks changed:
+
+- rank 0 converts `checkpoints/step_N` into `checkpoints/universal/step_N`, in a fresh process
+  (DeepSpeed's tool through `training.universal_convert`, which only hides megatron-core's empty
+  `_extra_state` entries from it; its output goes to `universal/step_N.log`), under a temporary
+  name that is renamed when complete, so a crash never leaves a conversion that looks usable.
+  A complete conversion is reused; older ones are removed, so at most one is on disk;
+- every rank then loads it, with the engine's universal switch on for that one load.
+
+The data position stays exact, since samples are addressed by global index (step × global
+batch) whatever the number of ranks. Refused in one line: a change of tensor-parallel size
+(megatron-core's shard layout is not described to DeepSpeed's converter), a data-parallel change
+at TP > 1 (untested), and with the optimizer offloaded to CPU (untested).
+The conversion runs while the other ranks wait in a collective, so it must finish within
+`parallel.timeout_minutes`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from megadyt.errors import MegadytError
+from megadyt.parallel.distributed import from_rank0
+from megadyt.training.rundir import RunDir
+
+_MP_RANK = re.compile(r"mp_rank_(\d+)")
+PARTIAL_SUFFIX = ".converting"
+
+
+def saved_tp(tag_dir: Path) -> int:
+    """Tensor-parallel size a checkpoint was saved with: the distinct `mp_rank_NN` indices of
+    DeepSpeed's model-state files (ZeRO 0-2: mp_rank_NN_model_states.pt; ZeRO-3:
+    zero_pp_rank_D_mp_rank_NN_model_states.pt)."""
+    ranks = {m.group(1) for p in tag_dir.glob("*model_states.pt") if (m := _MP_RANK.search(p.name))}
+    return max(1, len(ranks))
+
+
+def needs_universal(engine, tag_dir: Path, saved_world: int, tp: int, world: int) -> bool:
+    """Whether loading `tag_dir` (saved by `saved_world` ranks) needs the universal form here;
+    MegadytError when the change is one megadyt does not support."""
+    old_tp = saved_tp(tag_dir)
+    if old_tp != tp:
+        raise MegadytError(
+            f"checkpoint {tag_dir} was saved with tensor-parallel size {old_tp}, this run has "
+            f"{tp}; changing it on resume is not supported: set parallel.tp={old_tp} (the "
+            "data-parallel size may change)"
+        )
+    if saved_world == world:
+        return False
+    partitioned = engine.zero_optimization_stage() > 0 or engine.bfloat16_enabled()
+    if not partitioned:
+        return False  # every rank holds the whole optimizer state: DeepSpeed loads it as is
+    unsupported = None
+    if tp > 1:
+        unsupported = f"at tensor-parallel size {tp}"
+    elif engine.zero_cpu_offload():
+        unsupported = "with parallel.offload_optimizer"
+    if unsupported:
+        raise MegadytError(
+            f"checkpoint {tag_dir} was saved by {saved_world} ranks, this run has {world}; a "
+            f"data-parallel change {unsupported} is not supported: resume on {saved_world} "
+            "ranks"
+        )
+    return True
+
+
+def _convert(tag_dir: Path, out: Path, log: Path) -> None:
+    """DeepSpeed's ds_to_universal from `tag_dir` into `out` (rank 0; a fresh process, so its
+    worker pool never forks a process holding torch threads and process groups)."""
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    shutil.rmtree(partial, ignore_errors=True)
+    workers = max(1, min(8, (os.cpu_count() or 2) // 2))
+    cmd = [
+        sys.executable, "-m", "megadyt.training.universal_convert",
+        "--input_folder", str(tag_dir), "--output_folder", str(partial),
+        "--num_extract_workers", str(workers), "--num_merge_workers", str(max(1, workers // 2)),
+        "--inject_missing_state",  # megatron-core models carry no UNIVERSAL_CHECKPOINT_INFO
+    ]  # fmt: skip
+    with open(log, "w") as sink:
+        proc = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=out.parent)
+    if proc.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise MegadytError(
+            f"DeepSpeed's ds_to_universal failed (exit {proc.returncode}) converting {tag_dir}; "
+            f"its output is in {log}"
+        )
+    # the tool names its output folder in a `latest_universal` file beside it: megadyt loads by
+    # tag, and that file would name the temporary folder
+    (out.parent / "latest_universal").unlink(missing_ok=True)
+    os.replace(partial, out)
+
+
+def ensure_universal(run: RunDir, tag: str, saved_world: int, world: int) -> Path:
+    """The universal form of checkpoint `tag` (a collective: rank 0 converts, all get its
+    verdict). Older conversions are removed."""
+    out = run.universal_dir(tag)
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            for old in out.parent.iterdir():
+                if old.name not in (tag, f"{tag}.log"):
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
+            log = out.with_name(f"{tag}.log")
+            if out.is_dir():
+                print(f"megadyt: reusing the universal form of {tag} in {out}", flush=True)
+            else:
+                print(
+                    f"megadyt: checkpoint {tag} was saved by {saved_world} ranks, this run has "
+                    f"{world}: converting it with DeepSpeed's ds_to_universal into {out} "
+                    f"(log: {log.name})",
+                    flush=True,
+                )
+                start = time.monotonic()
+                _convert(run.tag_dir(tag), out, log)
+                print(f"megadyt: converted in {time.monotonic() - start:.0f} s", flush=True)
+        except (MegadytError, OSError) as exc:
+            error = str(exc)
+    error = from_rank0(error)
+    if error:
+        raise MegadytError(error)
+    return out
+
+
+def load_universal(engine, run: RunDir, tag: str):
+    """engine.load_checkpoint of the universal form of `tag`; DeepSpeed reads its switch from
+    the config at every load, so it is on for this load only."""
+    config = engine._config
+    config.load_universal_checkpoint = True
+    try:
+        return engine.load_checkpoint(
+            str(run.universal_root), tag=tag, load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+        )  # fmt: skip
+    finally:
+        config.load_universal_checkpoint = False
