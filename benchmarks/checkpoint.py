@@ -61,7 +61,9 @@ def _round(engine, cfg, bare: Path, run, reverse: bool, timed) -> None:
     from megadyt.training.weights import save_tp_shard
 
     def ours_save():
-        weights = lambda tag_dir: save_tp_shard(engine, cfg, tag_dir)  # noqa: E731
+        # what every save but a run's last one writes (keeps_weights_copy)
+        with_weights = cfg.parallel.zero_stage == 3
+        weights = lambda tag_dir: save_tp_shard(engine, cfg, tag_dir, with_weights)  # noqa: E731
         checkpoint.save_checkpoint(engine, run, 1, {"step": 1}, before_publish=weights)
 
     saves = [

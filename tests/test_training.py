@@ -7,7 +7,7 @@ source; each spawned pair of processes runs several layouts in turn to keep the 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import shutil
 
 import pytest
 import torch
@@ -109,17 +109,40 @@ def test_same_loss_curve_for_every_parallel_layout(tmp_path):
             ],
         ],
     )[0]
+    # Step 10 is each run's last save, with a weights copy; at step 5 ZeRO 0-2 keep none, and
+    # the weights come from DeepSpeed's model-state files (one per TP rank); ZeRO-3 keeps one.
+    checkpoints = {
+        tmp_path / name / "checkpoints" / f"step_{step:07d}": step
+        for name in ("tp1dp1", "z3", "tp2sp")
+        for step in (5, 10)
+    }
     exported = run_distributed(
         _validation_loss_of_tp1_export,
         world_size=1,
-        run_dirs=[str(tmp_path / name) for name in ("tp1dp1", "z3", "tp2sp")],
+        run_dirs=[str(path) for path in checkpoints],
     )[0]
-    for run_dir, loss in exported.items():
-        records = [
-            json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-        ]
-        logged = [r["valid/loss"] for r in records if r.get("step") == 10 and "valid/loss" in r]
-        assert logged and loss == pytest.approx(logged[0], rel=1e-5, abs=1e-6), run_dir
+    for path, step in checkpoints.items():
+        shards = sorted((path / "weights").glob("tp_rank_*.pt"))
+        assert len(shards) == (2 if "tp2sp" in str(path) else 1), path
+        has_copy = "state" in torch.load(shards[0], weights_only=True)
+        assert has_copy == (step == 10 or "z3" in str(path)), path
+        metrics = path.parent.parent / "metrics.jsonl"
+        records = [json.loads(x) for x in metrics.read_text().splitlines()]
+        logged = [r["valid/loss"] for r in records if r.get("step") == step and "valid/loss" in r]
+        loss = exported[str(path)]
+        assert logged and loss == pytest.approx(logged[0], rel=1e-5, abs=1e-6), path
+    # weights read from DeepSpeed's file are checked against the manifest like a weights copy
+    from megadyt.errors import MegadytError
+    from megadyt.training.weights import load_tp1_weights
+
+    copy = tmp_path / "copy" / "step_0000005"
+    shutil.copytree(tmp_path / "tp2sp" / "checkpoints" / "step_0000005", copy)
+    module_file = copy / "mp_rank_01_model_states.pt"
+    data = bytearray(module_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    module_file.write_bytes(bytes(data))
+    with pytest.raises(MegadytError, match=f"checkpoint file {module_file} fails its checksum"):
+        load_tp1_weights(copy)
     reference = single[0]
     assert len(reference) == 10 and reference[10] < reference[1]  # it learns
     names = ["full-recompute", "zero2-offload", "zero1", "zero2", "zero3", "tp2-sp"]

@@ -88,12 +88,16 @@ def _checkpoint_lines(plan) -> list[str]:
     bw = f"{c.fs_bandwidth_gbs:g} GB/s"
     return [
         f"checkpoint   {_size(c.total)} per save (model {_size(c.model)}, optimizer "
-        f"{_size(c.optimizer)}, TP=1 weights copy {_size(c.weights)}, RNG {_size(c.rng)}); "
+        f"{_size(c.optimizer)}, weights copy {_size(c.weights)}, RNG {_size(c.rng)}); "
         f"{_duration(c.write_s)} at {bw}",
         f"             + {_duration(c.hash_s)} manifest hashing (read back at {bw}, BLAKE3 "
         f"{HASH_GBS:g} GB/s per rank); every {c.save_interval:,} steps: "
         f"+{100 * c.overhead:.1f}% training time",
-    ]
+    ] + (
+        [f"             the last save adds a weights copy of {_size(c.final_weights)}"]
+        if c.final_weights
+        else []
+    )
 
 
 def _report(plan, cfg) -> str:

@@ -5,7 +5,9 @@ parameters (`params_per_rank`, norms replicated on every TP rank):
 DeepSpeed's module states (`n·w`, written by DP rank 0; ZeRO-3 writes only empty placeholders),
 the optimizer states (12 B/param: fp32 master + Adam m, v; split over DP under ZeRO ≥ 1, in DP
 rank 0's module-states file under ZeRO-0, where fp32 keeps no master copy: 8 B/param), the
-weights/ copy (`n·w`, the module's own dtype) and one RNG file per rank. All sizes are bytes.
+weights/ copy (`n·w`, the module's own dtype: every save under ZeRO-3, only the run's last save
+under ZeRO 0-2, `training.weights.keeps_weights_copy`) and one RNG file per rank. The estimate
+is of a periodic save; `final_weights` is what the last save adds. All sizes are bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class CheckpointEstimate:
 
     model: float  # DeepSpeed module states, all TP ranks
     optimizer: float  # master weights + Adam m, v, all ranks
-    weights: float  # weights/tp_rank_NN.pt, all TP ranks
+    weights: float  # weights/tp_rank_NN.pt, all TP ranks, in a periodic save
+    final_weights: float  # what the run's last save adds (the copy ZeRO 0-2 keep only there)
     rng: float  # one RNG file per rank
     largest_file: float
     fs_bandwidth_gbs: float
@@ -83,7 +86,9 @@ def checkpoint_estimate(
         largest = max(model_file + opt_shard, n * w)
     else:
         largest = max(model_file, n * w, opt_shard / dp)
-    sizes = dict(model=model_file * p.tp, optimizer=opt_shard * p.tp, weights=n * w * p.tp)
+    copy = n * w * p.tp  # the TP shards of the weights (training.weights)
+    periodic_copy = copy if p.zero_stage >= 3 else 0.0
+    sizes = dict(model=model_file * p.tp, optimizer=opt_shard * p.tp, weights=periodic_copy)
     total = sum(sizes.values()) + world * RNG_FILE_BYTES
     bandwidth = fs_bandwidth_gbs * 1e9
     # Files are hashed whole, in byte-balanced shares over all ranks (training.manifest):
@@ -94,6 +99,7 @@ def checkpoint_estimate(
     interval = cfg.train.save_interval
     return CheckpointEstimate(
         **sizes,
+        final_weights=copy - periodic_copy,
         rng=world * RNG_FILE_BYTES,
         largest_file=largest,
         fs_bandwidth_gbs=fs_bandwidth_gbs,

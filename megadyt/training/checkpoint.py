@@ -151,6 +151,19 @@ def verify_checkpoint(tag_dir: Path, only: str | None = None) -> dict:
     return manifest
 
 
+def verify_listed(tag_dir: Path, names: list[str]) -> None:
+    """Check the files `names` (relative to `tag_dir`) against the manifest: each must be
+    listed and match, else MegadytError naming it."""
+    manifest = read_manifest(tag_dir)
+    unlisted = [rel for rel in names if rel not in manifest["files"]]
+    if unlisted:
+        raise MegadytError(
+            f"checkpoint file {tag_dir / unlisted[0]} is not in {manifest_file(tag_dir).name}; "
+            "restore the checkpoint"
+        )
+    check_files(tag_dir, {rel: manifest["files"][rel] for rel in names}, manifest["hash"])
+
+
 def choose_checkpoint(run: RunDir, fallback: bool) -> tuple[str | None, str | None, str | None]:
     """(tag to load, error if none can be loaded, note about a fallback), the same on every
     rank: all ranks verify each candidate together (a collective)."""

@@ -19,7 +19,7 @@ from megadyt.config.schema import Config
 from megadyt.training import checkpoint
 from megadyt.training.retention import Retention, prune
 from megadyt.training.rundir import RunDir, tag_for
-from megadyt.training.weights import save_tp_shard
+from megadyt.training.weights import keeps_weights_copy, save_tp_shard
 
 # (the run, the step just published) -> None; called on every rank after a successful save.
 AfterPublish = Callable[[RunDir, int], None]
@@ -56,7 +56,9 @@ class Checkpointer:
                 self.run,
                 step,
                 client_state,
-                before_publish=lambda tag_dir: save_tp_shard(self.engine, self.cfg, tag_dir),
+                before_publish=lambda tag_dir: save_tp_shard(
+                    self.engine, self.cfg, tag_dir, keeps_weights_copy(self.cfg, step)
+                ),
                 model=self.model_identity,
             )
         except checkpoint.CheckpointSaveError as exc:

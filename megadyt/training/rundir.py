@@ -12,7 +12,8 @@
     RUN/checkpoints/step_NNNNNNN/
         manifest.json            sizes and checksums; written last, so present = complete
         rng_rankNNNNN.pt         every generator's state, one file per rank
-        weights/tp_rank_NN.pt    each TP shard of the weights, loadable on one device
+        weights/tp_rank_NN.pt    each TP shard's layout, and its weights where DeepSpeed's
+                                 files do not hold them (`training.weights`)
         ...                      DeepSpeed's model and optimizer files
     RUN/checkpoints/universal/step_NNNNNNN/
                                  DeepSpeed's universal form of that checkpoint, made when a

@@ -1,10 +1,17 @@
 """Weights a single device can load, whatever layout trained them.
 
 At each checkpoint the data-parallel rank 0 of every TP rank writes its weights file (named by
-`RunDir`, under the step directory):
-its TP shard of every parameter (gathered from ZeRO-3 partitions first), the TP layout
-(partition dim and stride per parameter), and the run's config. `load_tp1_weights` merges the
-shards into a TP=1 state dict; files are plain tensors and loaded with `weights_only=True`.
+`RunDir`, under the step directory): the TP layout (partition dim and stride per parameter) and
+the run's config, and, where DeepSpeed's own files do not hold them, its TP shard of every
+parameter (`keeps_weights_copy`):
+
+- ZeRO 0-2: DeepSpeed's model-state file of each TP rank (`mp_rank_NN_model_states.pt`) holds
+  that rank's whole module, so only the run's final save adds a copy; the weights of any other
+  checkpoint are read from DeepSpeed's file, checked against the same manifest;
+- ZeRO-3: DeepSpeed's files hold only partitions, so every save writes the gathered TP shards.
+
+`load_tp1_weights` merges the shards into a TP=1 state dict; every file is loaded with
+`weights_only=True`.
 """
 
 from __future__ import annotations
@@ -19,30 +26,42 @@ from megadyt.atomic import atomic_output
 from megadyt.config import Config, config_from_dict
 from megadyt.errors import MegadytError
 from megadyt.parallel.tp_shards import merge_tensor, tp_layout
-from megadyt.training.checkpoint import verify_checkpoint
+from megadyt.training.checkpoint import verify_checkpoint, verify_listed
 from megadyt.training.rundir import (
     WEIGHTS_DIR,
     resolve_checkpoint,
     weights_file,
     weights_files,
 )
+from megadyt.training.safe_load import safe_load
+
+# DeepSpeed's name for the model states of TP rank N at ZeRO 0-2 (written by DP rank 0)
+DEEPSPEED_MODEL_STATES = "mp_rank_{:02d}_model_states.pt"
 
 
-def save_tp_shard(engine, cfg: Config, tag_dir: Path) -> None:
-    """Called on every rank (ZeRO-3 gathers are collective); DP rank 0 writes its TP shard."""
+def keeps_weights_copy(cfg: Config, step: int) -> bool:
+    """Whether the save of `step` writes the TP shards of the weights (see the module doc)."""
+    return cfg.parallel.zero_stage == 3 or step == cfg.train.steps
+
+
+def save_tp_shard(engine, cfg: Config, tag_dir: Path, with_weights: bool) -> None:
+    """Called on every rank (ZeRO-3 gathers are collective); DP rank 0 writes its TP shard's
+    layout, and its weights when `with_weights`."""
     module = engine.module
     params = list(module.parameters())
     zero3 = engine.zero_optimization_stage() == 3
-    with deepspeed.zero.GatheredParameters(params, enabled=zero3):
+    with deepspeed.zero.GatheredParameters(params, enabled=zero3 and with_weights):
         if parallel_state.get_data_parallel_rank() != 0:
             return
-        state = {n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters()}
         payload = {
-            "state": state,
             "layout": {n: list(s) if s else None for n, s in tp_layout(module).items()},
             "tp": parallel_state.get_tensor_model_parallel_world_size(),
             "config": cfg.to_dict(),
         }
+        if with_weights:
+            payload["state"] = {
+                n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters()
+            }
     out = weights_file(tag_dir, parallel_state.get_tensor_model_parallel_rank())
     with atomic_output(out) as tmp:
         torch.save(payload, tmp)
@@ -57,10 +76,7 @@ def load_tp1_weights(
     the whole checkpoint; `verify=False` reads them unchecked (the CLI's --no-verify)."""
     tag_dir = resolve_checkpoint(path)
     if verify:
-        try:
-            verify_checkpoint(tag_dir, only=WEIGHTS_DIR)
-        except MegadytError as exc:
-            raise MegadytError(f"{exc} (or pass --no-verify to read it unchecked)") from exc
+        _verified(verify_checkpoint, tag_dir, only=WEIGHTS_DIR)
     files = weights_files(tag_dir)
     if not files:
         raise MegadytError(f"checkpoint {tag_dir} has no {WEIGHTS_DIR}/tp_rank_*.pt files")
@@ -68,6 +84,12 @@ def load_tp1_weights(
     tp = shards[0]["tp"]
     if len(shards) != tp:
         raise MegadytError(f"checkpoint {tag_dir} has {len(shards)} of {tp} TP weight shards")
+    bare = [rank for rank, shard in enumerate(shards) if "state" not in shard]
+    if verify and bare:
+        _verified(verify_listed, tag_dir, [DEEPSPEED_MODEL_STATES.format(r) for r in bare])
+    for rank, shard in enumerate(shards):
+        if "state" not in shard:
+            shard["state"] = _module_weights(tag_dir / DEEPSPEED_MODEL_STATES.format(rank), shard)
     merged = {}
     for name, split in shards[0]["layout"].items():
         parts = [s["state"][name] for s in shards]
@@ -75,3 +97,25 @@ def load_tp1_weights(
     cfg_dict = shards[0]["config"]
     cfg_dict["parallel"].update(tp=1, sp=False, zero_stage=0)
     return config_from_dict(cfg_dict), merged
+
+
+def _verified(check, *args, **kwargs) -> None:
+    """Run a manifest check; its error also names the way around it."""
+    try:
+        check(*args, **kwargs)
+    except MegadytError as exc:
+        raise MegadytError(f"{exc} (or pass --no-verify to read it unchecked)") from exc
+
+
+def _module_weights(path: Path, shard: dict) -> dict[str, torch.Tensor]:
+    """One TP rank's parameters from DeepSpeed's model-state file (ZeRO 0-2)."""
+    if not path.is_file():
+        raise MegadytError(
+            f"checkpoint file {path} is missing: this checkpoint keeps its weights in "
+            "DeepSpeed's model-state files; restore it"
+        )
+    module = safe_load(path, map_location="cpu")["module"]
+    missing = [n for n in shard["layout"] if n not in module]
+    if missing:
+        raise MegadytError(f"checkpoint file {path} lacks parameter {missing[0]}")
+    return {n: module[n].detach().clone() for n in shard["layout"]}
