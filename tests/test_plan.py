@@ -161,3 +161,36 @@ def test_tiny_cpu_estimate_within_margin_of_measured_peak_rss(tmp_path):
     assert abs(error) <= RSS_MARGIN, (
         f"estimate {estimate / GB:.3f} GB, RSS {measured / GB:.3f}; run said: {notes}"
     )
+
+
+def test_eval_memory_names_the_tp_a_checkpoint_needs(capsys):
+    """70B does not fit one 80 GB GPU for evaluation (138 GB of bf16 weights) but fits at its
+    training TP of 8; 7B fits on one. The weights term is the bf16 TP shard."""
+    from megadyt.planning.eval_memory import eval_memory_bytes
+
+    big = load_config(str(ROOT / "configs/llama-70b/dyt.yaml"), [])
+    plan = make_plan(big, nodes=16, gpus_per_node=8)
+    assert plan.evaluation["smallest_tp"] == big.parallel.tp == 8
+    one, eight = (plan.evaluation["memory_gb"][k] for k in ("1", "8"))
+    assert one * GB > 2 * count_parameters(big.model).total > 80 * GB > eight * GB
+    small = load_config(str(ROOT / "configs/llama-7b/dyt.yaml"), [])
+    assert make_plan(small, nodes=8, gpus_per_node=8).evaluation["smallest_tp"] == 1
+    # a larger batch needs more (the logits: 4096 tokens x 32000 x 12 B per sequence)
+    per_sequence = eval_memory_bytes(small, 1, 9) - eval_memory_bytes(small, 1, 8)
+    assert per_sequence > small.model.seq_length * small.model.vocab_size * 12
+    assert (
+        main(
+            [
+                "plan",
+                "--config",
+                "configs/llama-70b/dyt.yaml",
+                "--nodes",
+                "16",
+                "--gpus-per-node",
+                "8",
+            ]
+        )
+        == 0
+    )
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("eval"))
+    assert "TP=1 " in line and "TP=8 " in line and line.endswith("evaluate with --tp 8")

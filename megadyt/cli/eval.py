@@ -1,4 +1,9 @@
-"""`megadyt eval`: zero-shot lm-eval tasks on a checkpoint (any TP/ZeRO layout, one device).
+"""`megadyt eval`: zero-shot lm-eval tasks on a checkpoint (any TP/ZeRO layout).
+
+On one device, the TP shards are merged. A model too large for one device runs across N
+tensor-parallel processes: `torchrun --nproc_per_node=N -m megadyt eval --tp N ...` on a
+checkpoint saved at TP=N; each rank loads its own shard, rank 0 runs lm-eval and writes the
+results, the other ranks run the same forwards (`evaluation.tp_forward`).
 
 Suites: `paper15` (the paper's 15 tasks; needs the Hugging Face hub or its cache) and `offline`
 (tasks built from the held-out stdlib corpus, see evaluation/tasks). Prints a markdown table,
@@ -44,7 +49,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-fewshot", type=int, default=None, help="default: zero-shot")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 on CUDA, float32 on CPU",
+    )
+    parser.add_argument(
+        "--tp",
+        type=int,
+        default=1,
+        help="tensor-parallel processes (run under torchrun --nproc_per_node=N; the checkpoint "
+        "must have been saved at TP=N); 1 merges the shards on one device",
+    )
     parser.add_argument("--output", metavar="FILE.json", help="write the results here")
     parser.add_argument(
         "--no-verify",
@@ -62,16 +79,26 @@ def run(args: argparse.Namespace) -> int:
     from megadyt.evaluation.harness import evaluate, expand_tasks
     from megadyt.evaluation.lm import MegadytLM
     from megadyt.evaluation.offline import using_cache_dir
-    from megadyt.parallel.distributed import destroy_distributed
+    from megadyt.parallel.distributed import destroy_distributed, init_distributed
+    from megadyt.parallel.launch_env import LaunchEnv
 
     tag_dir = resolve_checkpoint(args.checkpoint)
     step = checkpoint_step(tag_dir)
     names = expand_tasks(args.tasks)
     if args.limit is not None and args.limit < 1:
         raise MegadytError(f"--limit {args.limit}: give a positive number of documents")
-    print(f"evaluating step {step}: {tag_dir}" + (" (unverified)" if args.no_verify else ""))
+    if args.tp < 1:
+        raise MegadytError(f"--tp {args.tp}: give a positive number of processes")
     start = time.perf_counter()
     try:
+        if args.tp > 1:
+            world = LaunchEnv.from_environ().world_size
+            if world != args.tp:
+                raise MegadytError(
+                    f"--tp {args.tp} needs exactly {args.tp} processes, this has {world}: run "
+                    f"torchrun --nproc_per_node={args.tp} -m megadyt eval --tp {args.tp} ..."
+                )
+            init_distributed(tp=args.tp)
         lm = MegadytLM(
             checkpoint=str(tag_dir),
             device=args.device,
@@ -79,15 +106,21 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             verify=not args.no_verify,
         )
-        # The offline tasks build their data under the run's data.cache_dir.
-        with using_cache_dir(lm.cfg.data.cache_dir):
-            report, _ = evaluate(
-                lm,
-                names,
-                include_paths=args.include_path,
-                limit=args.limit,
-                num_fewshot=args.num_fewshot,
-            )
+        if not lm.leads:
+            lm.follow()
+            return 0
+        print(f"evaluating step {step}: {tag_dir}" + (" (unverified)" if args.no_verify else ""))
+        try:  # The offline tasks build their data under the run's data.cache_dir.
+            with using_cache_dir(lm.cfg.data.cache_dir):
+                report, _ = evaluate(
+                    lm,
+                    names,
+                    include_paths=args.include_path,
+                    limit=args.limit,
+                    num_fewshot=args.num_fewshot,
+                )
+        finally:
+            lm.release()
     finally:
         destroy_distributed()
     payload = {

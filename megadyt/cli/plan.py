@@ -100,6 +100,20 @@ def _checkpoint_lines(plan) -> list[str]:
     )
 
 
+def _eval_line(plan, cfg) -> str:
+    """`megadyt eval`'s memory per device at TP=1 and the training TP, and what to use."""
+    e = plan.evaluation
+    sizes = ", ".join(f"TP={tp} {gb:.1f} GB" for tp, gb in e["memory_gb"].items())
+    tp = e["smallest_tp"]
+    verdict = (
+        f"evaluate with --tp {tp}"
+        if tp
+        else "does not fit: lower --batch-size, or train with a larger TP"
+    )
+    batch = f"batch {e['batch_size']} x {cfg.model.seq_length}"
+    return f"eval         {sizes} per device ({batch}); {verdict}"
+
+
 def _report(plan, cfg) -> str:
     m = plan.memory
     s = plan.settings
@@ -130,6 +144,7 @@ def _report(plan, cfg) -> str:
         f"{plan.mfu:g} of {plan.peak_tflops:g} TFLOP/s: {plan.step_time_s:.2f} s/step, "
         f"{plan.train_time_h:,.1f} h for {plan.steps:,} steps",
         *_checkpoint_lines(plan),
+        _eval_line(plan, cfg),
         f"stop         {_duration(plan.stop_s)} for a graceful stop (finish the step, then save)"
         + (
             f"; grace {_duration(plan.stop_grace_s)}: "

@@ -8,8 +8,11 @@ was imported first; use `megadyt eval` or, for lm-eval's CLI,
     python -c "import megadyt.evaluation.lm, sys; from lm_eval.__main__ import cli_evaluate; \\
         sys.argv[0] = 'lm_eval'; cli_evaluate()" --model megadyt --model_args checkpoint=DIR ...
 
-Any checkpoint layout loads on one device: TP shards are merged by `load_tp1_weights` (ZeRO-3
-partitions were gathered when the checkpoint was written). Requests are sorted by length and
+Any checkpoint layout loads on one device: TP shards are merged by `load_tp1_weights`. A model
+too large for one device is evaluated across N tensor-parallel processes (`megadyt eval --tp N`
+under torchrun; in a TP=N process group this class loads each rank's own shard): TP rank 0 runs
+lm-eval, the other ranks call `follow()` and run the same forwards until rank 0 calls
+`release()` (`evaluation.tp_forward`). Requests are sorted by length and
 batched; inputs are right-padded, which a causal model cannot see. Documents are preceded by
 the tokenizer's eos, as in training (every document there ends with eos).
 """
@@ -30,9 +33,10 @@ from megatron.core import parallel_state
 from megadyt.config import Config
 from megadyt.data.tokenizer import Tokenizer, load_tokenizer
 from megadyt.errors import MegadytError
+from megadyt.evaluation.tp_forward import TPForward
 from megadyt.model.llama import build_model
 from megadyt.parallel.distributed import init_distributed, seed_everything
-from megadyt.training.weights import load_tp1_weights
+from megadyt.training.weights import load_tp1_weights, load_tp_shard
 
 PAD_MULTIPLE = 16  # batch lengths are rounded up to this (fewer distinct causal-mask shapes)
 
@@ -51,18 +55,23 @@ def load_checkpoint_model(
     dtype: torch.dtype = torch.float32,
     verify: bool = True,
 ) -> tuple[torch.nn.Module, Config]:
-    """(TP=1 model in eval mode on `device`, its config) from any megadyt checkpoint, its
-    weights checked against the manifest unless `verify` is False.
+    """(model in eval mode on `device`, its config) from any megadyt checkpoint, its weights
+    checked against the manifest unless `verify` is False.
 
-    Initialises a single-process distributed state (TP=1) if none exists yet.
+    In a TP=N process group (`init_distributed(tp=N)`, e.g. `megadyt eval --tp N` under
+    torchrun), each rank loads its own shard of a checkpoint saved at TP=N; otherwise the
+    shards are merged into one TP=1 model, and a single-process distributed state (TP=1) is
+    initialised if none exists yet.
     """
-    cfg, state = load_tp1_weights(checkpoint, verify=verify)
-    if not parallel_state.model_parallel_is_initialized():
-        init_distributed(tp=1)
-    if parallel_state.get_tensor_model_parallel_world_size() != 1:
-        raise MegadytError(
-            "evaluation needs a TP=1 process group; run it in its own process, not under torchrun"
-        )
+    initialized = parallel_state.model_parallel_is_initialized()
+    tp = parallel_state.get_tensor_model_parallel_world_size() if initialized else 1
+    if tp == 1:
+        cfg, state = load_tp1_weights(checkpoint, verify=verify)
+        if not initialized:
+            init_distributed(tp=1)
+    else:  # one of `tp` evaluation ranks: this rank's shard only, nothing merged
+        rank = parallel_state.get_tensor_model_parallel_rank()
+        cfg, state = load_tp_shard(checkpoint, rank, tp, verify=verify)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, perform_initialization=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -88,7 +97,8 @@ class MegadytLM(TemplateLM):
 
     model_args: checkpoint=DIR (run dir, its checkpoints/ dir, or a step_* dir), device
     (cpu/cuda/auto), batch_size (int), max_length (default: the model's seq_length),
-    dtype (float32/bfloat16/float16), max_gen_toks (default 256).
+    dtype (auto: bfloat16 on CUDA, float32 on CPU; float32/bfloat16/float16), max_gen_toks
+    (default 256). In a TP=N process group it loads this rank's shard (see the module doc).
     """
 
     def __init__(
@@ -97,7 +107,7 @@ class MegadytLM(TemplateLM):
         device: str | None = None,
         batch_size: int | str | None = 8,
         max_length: int | None = None,
-        dtype: str = "float32",
+        dtype: str = "auto",
         max_gen_toks: int = 256,
         verify: bool = True,
         *,
@@ -110,6 +120,8 @@ class MegadytLM(TemplateLM):
         if model is None:
             if not checkpoint:
                 raise MegadytError("model `megadyt` needs model_args checkpoint=DIR")
+            if dtype == "auto":  # bf16 where it is fast (CUDA), fp32 on CPU
+                dtype = "bfloat16" if _resolve_device(device).type == "cuda" else "float32"
             torch_dtype = {
                 "float32": torch.float32,
                 "bfloat16": torch.bfloat16,
@@ -122,6 +134,7 @@ class MegadytLM(TemplateLM):
             raise MegadytError("MegadytLM(model=...) also needs cfg=")
         self.model = model
         self.cfg = cfg
+        self.forward = TPForward(model, next(model.parameters()).device)
         self.tok = tokenizer or tokenizer_for(cfg)
         self._device = next(model.parameters()).device
         if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
@@ -129,6 +142,19 @@ class MegadytLM(TemplateLM):
         self.batch_size = max(1, int(batch_size))
         self.max_length = int(max_length or cfg.model.seq_length)
         self.max_gen_toks = int(max_gen_toks)
+
+    @property
+    def leads(self) -> bool:
+        """Whether this process runs lm-eval (TP rank 0; always, at TP=1)."""
+        return self.forward.leads
+
+    def follow(self) -> None:
+        """TP ranks other than 0: serve rank 0's forwards until it calls release()."""
+        self.forward.follow()
+
+    def release(self) -> None:
+        """TP rank 0, when done: let the other ranks' follow() return."""
+        self.forward.release()
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -169,13 +195,13 @@ class MegadytLM(TemplateLM):
         was_training = self.model.training
         self.model.eval()
         try:
-            logits = self.model(batch.to(self.device))
+            logits = self.forward(batch.to(self.device))
         finally:
             self.model.train(was_training)
         if logits.shape[-1] != self.cfg.model.vocab_size:
             raise MegadytError(
                 f"model returned {logits.shape[-1]} of {self.cfg.model.vocab_size} vocabulary "
-                "logits: evaluation needs a TP=1 model"
+                "logits: a TP model must be called through TPForward"
             )
         return F.log_softmax(logits.float(), dim=-1)
 

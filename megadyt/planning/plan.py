@@ -18,6 +18,7 @@ from megadyt.planning.checkpoint import (
     check_bandwidth,
     checkpoint_estimate,
 )
+from megadyt.planning.eval_memory import eval_tp_choice
 from megadyt.planning.memory import GB, MemoryBreakdown, memory_breakdown, params_per_rank
 
 PAPER_TOKEN_BUDGET = 200e9
@@ -61,6 +62,7 @@ class Plan:
     settings: dict = field(default_factory=dict)
     suggestion: str | None = None
     stop_grace_s: float | None = None  # the time SLURM gives a graceful stop, when stated
+    evaluation: dict = field(default_factory=dict)  # planning.eval_memory.eval_tp_choice
 
     @property
     def stop_s(self) -> float:
@@ -158,6 +160,7 @@ def make_plan(
         train_time_h=step_time * t.steps / 3600,
         device=device,
         checkpoint=checkpoint_estimate(cfg, world, bf16, step_time, fs_bandwidth_gbs),
+        evaluation=eval_tp_choice(cfg, gpu_memory_gb, on_gpu=on_gpu),
         settings={
             "tp": p.tp,
             "sp": p.sp,

@@ -94,9 +94,40 @@ def load_tp1_weights(
     for name, split in shards[0]["layout"].items():
         parts = [s["state"][name] for s in shards]
         merged[name] = parts[0] if split is None else merge_tensor(parts, *split)
-    cfg_dict = shards[0]["config"]
-    cfg_dict["parallel"].update(tp=1, sp=False, zero_stage=0)
-    return config_from_dict(cfg_dict), merged
+    return _eval_config(shards[0], tp=1), merged
+
+
+def load_tp_shard(
+    path: str | Path, tp_rank: int, tp: int, verify: bool = True
+) -> tuple[Config, dict[str, torch.Tensor]]:
+    """(the run's config at parallel.tp=`tp`, sp off; TP rank `tp_rank`'s state dict), for a
+    process that evaluates as one of `tp` tensor-parallel ranks: it reads and verifies only
+    its own files, and nothing is merged. The checkpoint must have been saved at TP=`tp`."""
+    tag_dir = resolve_checkpoint(path)
+    own = weights_file(tag_dir, tp_rank)
+    if verify:
+        _verified(verify_listed, tag_dir, [str(own.relative_to(tag_dir))])
+    if not own.is_file():
+        raise MegadytError(f"checkpoint {tag_dir} has no {own.relative_to(tag_dir)}")
+    shard = torch.load(own, map_location="cpu", weights_only=True)
+    if shard["tp"] != tp:
+        raise MegadytError(
+            f"checkpoint {tag_dir} was saved at tensor-parallel size {shard['tp']}; evaluate it "
+            f"with --tp {shard['tp']} (or --tp 1, which merges the shards on one device)"
+        )
+    if "state" not in shard:
+        module_file = DEEPSPEED_MODEL_STATES.format(tp_rank)
+        if verify:
+            _verified(verify_listed, tag_dir, [module_file])
+        shard["state"] = _module_weights(tag_dir / module_file, shard)
+    return _eval_config(shard, tp=tp), shard["state"]
+
+
+def _eval_config(shard: dict, tp: int) -> Config:
+    """The run's config for evaluation: `tp` ranks, no sequence parallelism, no ZeRO."""
+    cfg_dict = shard["config"]
+    cfg_dict["parallel"].update(tp=tp, sp=False, zero_stage=0)
+    return config_from_dict(cfg_dict)
 
 
 def _verified(check, *args, **kwargs) -> None:
