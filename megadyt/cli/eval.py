@@ -127,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": str(tag_dir),
         "step": step,
         "norm": lm.cfg.model.norm,
+        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        "tp": args.tp,
         "limit": args.limit,
         "num_fewshot": args.num_fewshot or 0,
         "seconds": round(time.perf_counter() - start, 1),

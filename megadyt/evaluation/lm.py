@@ -28,67 +28,14 @@ import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-from megatron.core import parallel_state
 
 from megadyt.config import Config
-from megadyt.data.tokenizer import Tokenizer, load_tokenizer
+from megadyt.data.tokenizer import Tokenizer
 from megadyt.errors import MegadytError
+from megadyt.evaluation.loading import load_checkpoint_model, resolve_device, tokenizer_for
 from megadyt.evaluation.tp_forward import TPForward
-from megadyt.model.llama import build_model
-from megadyt.parallel.distributed import init_distributed, seed_everything
-from megadyt.training.weights import load_tp1_weights, load_tp_shard
 
 PAD_MULTIPLE = 16  # batch lengths are rounded up to this (fewer distinct causal-mask shapes)
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def load_checkpoint_model(
-    checkpoint: str,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
-    verify: bool = True,
-) -> tuple[torch.nn.Module, Config]:
-    """(model in eval mode on `device`, its config) from any megadyt checkpoint, its weights
-    checked against the manifest unless `verify` is False.
-
-    In a TP=N process group (`init_distributed(tp=N)`, e.g. `megadyt eval --tp N` under
-    torchrun), each rank loads its own shard of a checkpoint saved at TP=N; otherwise the
-    shards are merged into one TP=1 model, and a single-process distributed state (TP=1) is
-    initialised if none exists yet.
-    """
-    initialized = parallel_state.model_parallel_is_initialized()
-    tp = parallel_state.get_tensor_model_parallel_world_size() if initialized else 1
-    if tp == 1:
-        cfg, state = load_tp1_weights(checkpoint, verify=verify)
-        if not initialized:
-            init_distributed(tp=1)
-    else:  # one of `tp` evaluation ranks: this rank's shard only, nothing merged
-        rank = parallel_state.get_tensor_model_parallel_rank()
-        cfg, state = load_tp_shard(checkpoint, rank, tp, verify=verify)
-    seed_everything(cfg.train.seed)
-    model = build_model(cfg, perform_initialization=False)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    if missing or unexpected:
-        raise MegadytError(
-            f"checkpoint {checkpoint} does not match its config: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
-        )
-    model = model.to(device=_resolve_device(device), dtype=dtype)
-    model.eval()
-    return model, cfg
-
-
-def tokenizer_for(cfg: Config) -> Tokenizer:
-    """The tokenizer the run trained with (`data.tokenizer`, built-in ones under data.cache_dir)."""
-    return load_tokenizer(cfg.data.tokenizer, cfg.data.cache_dir)
 
 
 @register_model("megadyt")
@@ -121,7 +68,7 @@ class MegadytLM(TemplateLM):
             if not checkpoint:
                 raise MegadytError("model `megadyt` needs model_args checkpoint=DIR")
             if dtype == "auto":  # bf16 where it is fast (CUDA), fp32 on CPU
-                dtype = "bfloat16" if _resolve_device(device).type == "cuda" else "float32"
+                dtype = "bfloat16" if resolve_device(device).type == "cuda" else "float32"
             torch_dtype = {
                 "float32": torch.float32,
                 "bfloat16": torch.bfloat16,

@@ -26,6 +26,7 @@ class TPForward:
         initialized = parallel_state.model_parallel_is_initialized()
         self.tp = parallel_state.get_tensor_model_parallel_world_size() if initialized else 1
         self.leads = not initialized or parallel_state.get_tensor_model_parallel_rank() == 0
+        self._broken = False
         if self.tp > 1:
             self.group = parallel_state.get_tensor_model_parallel_group()
             self.src = parallel_state.get_tensor_model_parallel_src_rank()
@@ -34,7 +35,13 @@ class TPForward:
         """Logits [b, s, V] of token ids [b, s] (TP rank 0; the others run it in follow())."""
         if self.tp > 1:
             self._send(OP_FORWARD, batch)
-        return self._forward(batch)
+        try:
+            return self._forward(batch)
+        except BaseException:
+            # the others are inside this forward's collectives, not waiting for a message:
+            # release() must not send one; they end when this process does (torchrun)
+            self._broken = True
+            raise
 
     def follow(self) -> None:
         """TP ranks other than 0: run each forward rank 0 announces, until it releases us."""
@@ -50,8 +57,9 @@ class TPForward:
                 self._forward(batch)
 
     def release(self) -> None:
-        """TP rank 0, once lm-eval is done (or failed): end the other ranks' follow()."""
-        if self.tp > 1:
+        """TP rank 0, once lm-eval is done (or failed between forwards): end the other ranks'
+        follow()."""
+        if self.tp > 1 and not self._broken:
             self._send(OP_END, None)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:

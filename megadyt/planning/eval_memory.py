@@ -4,9 +4,10 @@ Evaluation holds one TP shard of the weights in the eval dtype (bf16 on GPU, fp3
 one batch's forward: no gradients, no optimizer state, and without autograd each layer's
 activations are freed once the next layer has its input. Per token of the batch (b × s):
 - one layer's working set: norm input, Q/K/V, attention context and the SwiGLU fc1 output and
-  fc2 input, `4h + 2·h_kv + 3f/tp` elements in the eval dtype (SDPA keeps no s × s scores);
-- the logits: the vocabulary shard `V/tp` in the eval dtype, the gathered `V` on every rank
-  (`evaluation.tp_forward`), its float32 copy and the float32 log-softmax (`V·(w + 8)`).
+  fc2 input, `4h + (2·h_kv + 3f)/tp` elements in the eval dtype (SDPA keeps no s × s scores);
+- the logits: the vocabulary shard `V/tp` in the eval dtype; at TP > 1 the gather's buffer and
+  its concatenation, `V` each (`evaluation.tp_forward`, megatron-core's gather along the last
+  dim); the float32 copy and the float32 log-softmax, `V·8` bytes.
 Plus the runtime (CUDA context, NCCL, cuBLAS) as in training, or the CPU import baseline.
 A checkpoint saved at TP=N evaluates at TP=N (each rank its own shard) or at TP=1 (merged).
 """
@@ -30,7 +31,8 @@ def eval_memory_bytes(cfg: Config, tp: int, batch_size: int, on_gpu: bool = True
     h_kv = m.kv_heads * (h // m.num_attention_heads)
     tokens = batch_size * m.seq_length
     layer = (4 * h + (2 * h_kv + 3 * f) / tp) * w
-    logits = v / tp * w + v * (w + 8)
+    gathered = 2 * v * w if tp > 1 else 0.0
+    logits = v / tp * w + gathered + v * 8
     runtime = GPU_RUNTIME_BYTES if on_gpu else cpu_baseline_bytes()
     return n * w + tokens * (layer + logits) + runtime
 

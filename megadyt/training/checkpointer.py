@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from megadyt.config.schema import Config
 from megadyt.training import checkpoint
+from megadyt.training.reshard import remove_conversions
 from megadyt.training.retention import Retention, prune
 from megadyt.training.rundir import RunDir, tag_for
 from megadyt.training.weights import keeps_weights_copy, save_tp_shard
@@ -76,9 +77,10 @@ class Checkpointer:
     def _after_publish(self, step: int) -> None:
         """Retention on rank 0 only (every rank finished writing before the publish; the others
         wait, so none reads a checkpoint being deleted), then the caller's hook on every rank."""
-        if self.retention is not None:
-            if dist.get_rank() == 0:
+        if dist.get_rank() == 0:
+            if self.retention is not None:
                 prune(self.run, self.retention)
-            dist.barrier()
+            remove_conversions(self.run)  # a resume on another size used it; now it is stale
+        dist.barrier()
         if self.after_publish is not None:
             self.after_publish(self.run, step)

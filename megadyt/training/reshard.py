@@ -1,16 +1,19 @@
 """Resuming a checkpoint on another data-parallel size, through DeepSpeed's universal checkpoint.
 
-ZeRO stages 1-3, and DeepSpeed's bf16 optimizer even at stage 0, split the optimizer state
-(fp32 master weights, Adam moments) by data-parallel rank, so what `a` ranks saved cannot be
-loaded as is by `b` ranks. DeepSpeed's own `ds_to_universal` rewrites such a checkpoint into one
-folder per parameter, which `load_universal` loads on any data-parallel size. megadyt does this
-when the number of data-parallel ranks changed:
+ZeRO stages 1-3 split the optimizer state (fp32 master weights, Adam moments) by data-parallel
+rank, so what `a` ranks saved cannot be loaded as is by `b` ranks (ZeRO-0, fp32 or bf16, keeps
+it whole in the model-state file, which any number of ranks loads). DeepSpeed's own
+`ds_to_universal` rewrites such a checkpoint into one folder per parameter, which
+`load_universal` loads on any data-parallel size. megadyt does this when the number of
+data-parallel ranks changed:
 
 - rank 0 converts `checkpoints/step_N` into `checkpoints/universal/step_N`, in a fresh process
   (DeepSpeed's tool through `training.universal_convert`, which only hides megatron-core's empty
   `_extra_state` entries from it; its output goes to `universal/step_N.log`), under a temporary
   name that is renamed when complete, so a crash never leaves a conversion that looks usable.
-  A complete conversion is reused; older ones are removed, so at most one is on disk;
+  A complete conversion is reused while the checkpoint's manifest is the one it was made from
+  (a step re-saved after a fallback gets a new conversion); older ones are removed, and the
+  first save after the resume removes it (`remove_conversions`): only its log stays;
 - every rank then loads it, with the engine's universal switch on for that one load.
 
 The data position stays exact, since samples are addressed by global index (step × global
@@ -35,10 +38,11 @@ import torch.distributed as dist
 
 from megadyt.errors import MegadytError
 from megadyt.parallel.distributed import from_rank0
-from megadyt.training.rundir import RunDir
+from megadyt.training.rundir import RunDir, manifest_file
 
 _MP_RANK = re.compile(r"mp_rank_(\d+)")
 PARTIAL_SUFFIX = ".converting"
+SOURCE_MANIFEST = "source_manifest.json"  # the checkpoint's manifest, copied into its conversion
 
 
 def saved_tp(tag_dir: Path) -> int:
@@ -61,9 +65,8 @@ def needs_universal(engine, tag_dir: Path, saved_world: int, tp: int, world: int
         )
     if saved_world == world:
         return False
-    partitioned = engine.zero_optimization_stage() > 0 or engine.bfloat16_enabled()
-    if not partitioned:
-        return False  # every rank holds the whole optimizer state: DeepSpeed loads it as is
+    if engine.zero_optimization_stage() == 0:
+        return False  # the whole optimizer state is in the model-state file: loaded as is
     unsupported = None
     if tp > 1:
         unsupported = f"at tensor-parallel size {tp}"
@@ -101,7 +104,24 @@ def _convert(tag_dir: Path, out: Path, log: Path) -> None:
     # the tool names its output folder in a `latest_universal` file beside it: megadyt loads by
     # tag, and that file would name the temporary folder
     (out.parent / "latest_universal").unlink(missing_ok=True)
+    shutil.copyfile(manifest_file(tag_dir), partial / SOURCE_MANIFEST)
     os.replace(partial, out)
+
+
+def _is_current(out: Path, tag_dir: Path) -> bool:
+    """Whether conversion `out` was made from the checkpoint now in `tag_dir` (same manifest:
+    same files, same checksums)."""
+    made_from = out / SOURCE_MANIFEST
+    return made_from.is_file() and made_from.read_bytes() == manifest_file(tag_dir).read_bytes()
+
+
+def remove_conversions(run: RunDir) -> None:
+    """Delete the universal conversions (rank 0, after a save at the new size: the conversion
+    served its one resume); their logs stay."""
+    if run.universal_root.is_dir():
+        for path in run.universal_root.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def ensure_universal(run: RunDir, tag: str, saved_world: int, world: int) -> Path:
@@ -116,6 +136,8 @@ def ensure_universal(run: RunDir, tag: str, saved_world: int, world: int) -> Pat
                 if old.name not in (tag, f"{tag}.log"):
                     shutil.rmtree(old) if old.is_dir() else old.unlink()
             log = out.with_name(f"{tag}.log")
+            if out.is_dir() and not _is_current(out, run.tag_dir(tag)):
+                shutil.rmtree(out)  # made from an earlier save of this step
             if out.is_dir():
                 print(f"megadyt: reusing the universal form of {tag} in {out}", flush=True)
             else:
