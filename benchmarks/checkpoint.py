@@ -58,11 +58,10 @@ def _engine(zero: int):
 def _round(engine, cfg, bare: Path, run, reverse: bool, timed) -> None:
     """One save and one load of each kind; `reverse` flips the order (alternating rounds)."""
     from megadyt.training import checkpoint
-    from megadyt.training.weights import save_tp_shard
+    from megadyt.training.weights import keeps_weights_copy, save_tp_shard
 
     def ours_save():
-        # what every save but a run's last one writes (keeps_weights_copy)
-        with_weights = cfg.parallel.zero_stage == 3
+        with_weights = keeps_weights_copy(cfg, 1)  # step 1: a periodic save, not the last
         weights = lambda tag_dir: save_tp_shard(engine, cfg, tag_dir, with_weights)  # noqa: E731
         checkpoint.save_checkpoint(engine, run, 1, {"step": 1}, before_publish=weights)
 

@@ -15,8 +15,7 @@ A checkpoint saved at TP=N evaluates at TP=N (each rank its own shard) or at TP=
 from __future__ import annotations
 
 from megadyt.config.schema import Config
-from megadyt.model.counting import count_parameters
-from megadyt.planning.memory import GB, GPU_RUNTIME_BYTES, cpu_baseline_bytes
+from megadyt.planning.memory import GB, GPU_RUNTIME_BYTES, cpu_baseline_bytes, params_per_rank
 
 EVAL_BATCH_SIZE = 8  # `megadyt eval --batch-size` default
 
@@ -24,9 +23,8 @@ EVAL_BATCH_SIZE = 8  # `megadyt eval --batch-size` default
 def eval_memory_bytes(cfg: Config, tp: int, batch_size: int, on_gpu: bool = True) -> float:
     """Peak bytes per device of `megadyt eval` at tensor-parallel size `tp`."""
     m = cfg.model
-    c = count_parameters(m)
     w = 2 if on_gpu else 4
-    n = (c.embedding + c.output + c.attention + c.mlp) / tp + c.norm
+    n = params_per_rank(cfg, tp)
     h, f, v = m.hidden_size, m.ffn_hidden_size, m.vocab_size
     h_kv = m.kv_heads * (h // m.num_attention_heads)
     tokens = batch_size * m.seq_length

@@ -65,10 +65,11 @@ class MemoryBreakdown:
         return out
 
 
-def params_per_rank(cfg: Config) -> float:
-    """Parameters held by one TP rank: matmul weights split by TP, norm parameters replicated."""
+def params_per_rank(cfg: Config, tp: int | None = None) -> float:
+    """Parameters held by one TP rank (at `tp`, default the config's): matmul weights split by
+    TP, norm parameters replicated."""
     c = count_parameters(cfg.model)
-    return (c.embedding + c.output + c.attention + c.mlp) / cfg.parallel.tp + c.norm
+    return (c.embedding + c.output + c.attention + c.mlp) / (tp or cfg.parallel.tp) + c.norm
 
 
 def optimizer_bytes_per_param(cfg: Config, bf16: bool) -> int:

@@ -84,12 +84,8 @@ def load_tp1_weights(
     tp = shards[0]["tp"]
     if len(shards) != tp:
         raise MegadytError(f"checkpoint {tag_dir} has {len(shards)} of {tp} TP weight shards")
-    bare = [rank for rank, shard in enumerate(shards) if "state" not in shard]
-    if verify and bare:
-        _verified(verify_listed, tag_dir, [DEEPSPEED_MODEL_STATES.format(r) for r in bare])
     for rank, shard in enumerate(shards):
-        if "state" not in shard:
-            shard["state"] = _module_weights(tag_dir / DEEPSPEED_MODEL_STATES.format(rank), shard)
+        _fill_weights(tag_dir, rank, shard, verify)
     merged = {}
     for name, split in shards[0]["layout"].items():
         parts = [s["state"][name] for s in shards]
@@ -115,11 +111,7 @@ def load_tp_shard(
             f"checkpoint {tag_dir} was saved at tensor-parallel size {shard['tp']}; evaluate it "
             f"with --tp {shard['tp']} (or --tp 1, which merges the shards on one device)"
         )
-    if "state" not in shard:
-        module_file = DEEPSPEED_MODEL_STATES.format(tp_rank)
-        if verify:
-            _verified(verify_listed, tag_dir, [module_file])
-        shard["state"] = _module_weights(tag_dir / module_file, shard)
+    _fill_weights(tag_dir, tp_rank, shard, verify)
     return _eval_config(shard, tp=tp), shard["state"]
 
 
@@ -136,6 +128,17 @@ def _verified(check, *args, **kwargs) -> None:
         check(*args, **kwargs)
     except MegadytError as exc:
         raise MegadytError(f"{exc} (or pass --no-verify to read it unchecked)") from exc
+
+
+def _fill_weights(tag_dir: Path, tp_rank: int, shard: dict, verify: bool) -> None:
+    """Give a weights file without a copy (`keeps_weights_copy`) its TP rank's parameters
+    from DeepSpeed's model-state file, checked against the manifest first."""
+    if "state" in shard:
+        return
+    module_file = DEEPSPEED_MODEL_STATES.format(tp_rank)
+    if verify:
+        _verified(verify_listed, tag_dir, [module_file])
+    shard["state"] = _module_weights(tag_dir / module_file, shard)
 
 
 def _module_weights(path: Path, shard: dict) -> dict[str, torch.Tensor]:
