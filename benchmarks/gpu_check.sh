@@ -19,6 +19,7 @@
 #   train-100m, train-1b
 #               tokens/s and MFU of `megadyt train` at ~100M and ~1.1B (rmsnorm, dyt; bf16) and
 #               of transformers' LlamaForCausalLM of the same shape, in the same run
+#               (~100M at 8 x 2048 tokens a step: a CPU-sized batch measures launch overhead)
 #   plan-memory `megadyt plan`'s predicted memory against the measured peak of those runs
 # Everything goes under OUT_DIR: gpu-check.log (all output), one JSON per benchmark,
 # stages.tsv and summary.md (one row per stage: status, seconds, limit).
@@ -33,7 +34,7 @@ OUT=gpu-check
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg (use --dry-run or an output directory)" >&2; exit 2 ;;
     *) OUT="$arg" ;;
   esac
@@ -43,13 +44,15 @@ VENV="${MEGADYT_VENV:-$PWD/.venv}"
 PY="$VENV/bin/python"
 # the source tree is importable even where an editable install could not be made
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# ~100M at 16K tokens a step: the CPU-sized batch (2 x 512) leaves an H100 idle between launches
+GPU_BATCH_100M="--set train.micro_batch_size=8 --set train.global_batch_size=8 --set model.seq_length=2048"
 # name | limit in seconds | command (run with bash -c, from the repository root)
 STAGES=(
   "install|60|benchmarks/gpu_install.sh"
   "gpu-tests|140|$PY -m pytest -q -m gpu tests/test_gpu_kernels.py tests/test_gpu_training.py -p no:cacheprovider -rs --junitxml=$OUT/gpu-tests.xml"
   "norms|40|$PY benchmarks/norms.py --device cuda --dtypes bf16 --impls reference triton --output $OUT/norms.json"
   "appendix-c|25|$PY benchmarks/norms.py --device cuda --appendix-c --impls reference triton --output $OUT/norms-appendix-c.json"
-  "train-100m|85|$PY benchmarks/train_throughput.py --sizes 100m --norms rmsnorm dyt --steps 6 --output $OUT/train-100m.json"
+  "train-100m|85|$PY benchmarks/train_throughput.py --sizes 100m --norms rmsnorm dyt --steps 6 $GPU_BATCH_100M --output $OUT/train-100m.json"
   "train-1b|115|$PY benchmarks/train_throughput.py --sizes 1b --norms rmsnorm dyt --steps 6 --output $OUT/train-1b.json"
   "plan-memory|15|$PY benchmarks/plan_memory.py $OUT/train-100m.json $OUT/train-1b.json --output $OUT/plan-memory.json"
 )

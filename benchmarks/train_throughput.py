@@ -116,10 +116,16 @@ def scratch_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
+# Extra overrides from --set, applied to every run (megadyt and HF alike), e.g. a larger batch
+# on a GPU, where the CPU-sized one measures launch overhead rather than the device.
+EXTRA_OVERRIDES: list[str] = []
+
+
 def common_overrides(size: str, steps: int, nproc: int, run_dir: Path) -> list[str]:
     """Shape, steps and logging; ZeRO-1 over 2+ ranks, stage 0 alone (nothing to shard)."""
     return [
         *SIZES[size],
+        *EXTRA_OVERRIDES,
         f"train.steps={steps}",
         "train.log_interval=1",
         f"train.eval_interval={10 * steps}",
@@ -235,6 +241,17 @@ def machine_info(hf_version: str) -> dict:
     }
 
 
+def report_run(tag: str, name: str, run: dict) -> None:
+    """One line per finished run, so a run cut off by a time limit still leaves its figures."""
+    mfu = statistics.median(run["mfu"])
+    print(
+        f"{tag}: {name}: {statistics.median(run['tokens_per_s']):,.0f} tok/s, MFU {mfu:.1%}, "
+        f"{run['wall_s']:.0f} s wall",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def ratio(a: float, b: float | None) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -262,7 +279,16 @@ def main() -> None:
     parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=NORMS)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds, pooled")
     parser.add_argument("--output", default="bench-train.json")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config override for every run, megadyt and HF (after the size's own)",
+    )
     args = parser.parse_args()
+    EXTRA_OVERRIDES.extend(args.overrides)
     if importlib.util.find_spec("transformers") is None:
         raise SystemExit("transformers is missing for the HF baseline: pip install -e '.[bench]'")
     runs: dict[tuple[str, str, int], list[dict]] = {}
@@ -275,9 +301,11 @@ def main() -> None:
                     print(f"{tag}: hf", file=sys.stderr, flush=True)
                     hf = run_hf(size, args.steps, nproc, Path(tmp) / f"{tag}-hf")
                     runs.setdefault((size, "hf-llama", nproc), []).append(hf)
+                    report_run(tag, "hf", hf)
                     for norm in args.norms:
                         print(f"{tag}: {norm}", file=sys.stderr, flush=True)
                         md = run_megadyt(size, norm, args.steps, nproc, Path(tmp) / f"{tag}-{norm}")
+                        report_run(tag, norm, md)
                         runs.setdefault((size, norm, nproc), []).append(md)
     rows = [summarise(key, value) for key, value in runs.items()]
     by_key = {(r["size"], r["norm"], r["nproc"]): r["tokens_per_s"] for r in rows}
@@ -294,7 +322,13 @@ def main() -> None:
         f"transformers {hf_version}; procs×threads per process; HF = {ATTENTION['hf']}"
     )
     print_table(rows)
-    report = {"machine": machine, "steps": args.steps, "repeats": args.repeats, "rows": rows}
+    report = {
+        "machine": machine,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "overrides": args.overrides,
+        "rows": rows,
+    }
     Path(args.output).write_text(json.dumps(report, indent=2))
 
 

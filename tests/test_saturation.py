@@ -11,6 +11,7 @@ from conftest import SMALL_TRAINING, TokenSource, metrics_records, train_small
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megadyt.norms import Derf, DyT, RMSNorm
+from megadyt.norms.layers import MONITOR_MAX_ROWS
 from megadyt.parallel.testing import run_distributed
 from megadyt.training.saturation import SaturationMonitor, scalars_from_sums
 
@@ -61,6 +62,25 @@ def test_metrics_equal_a_direct_computation():
     # disarmed after collecting: the next forward records nothing
     stack(x)
     assert all(m.saturation is None for _, m in monitor.norms)
+
+
+def test_a_long_input_is_sampled_on_evenly_strided_rows():
+    """Past MONITOR_MAX_ROWS token rows, the statistics are those of every k-th row (k the
+    smallest stride that fits), so their cost stays bounded at any batch size."""
+    stack = _Stack()
+    rows = 2 * MONITOR_MAX_ROWS + 5  # stride 3
+    x = torch.randn(rows, 1, H, generator=torch.Generator().manual_seed(2)) * 1.7
+    monitor = SaturationMonitor(stack, patience=1)
+    monitor.arm()
+    stack(x)
+    sums = {name: module.saturation for name, module in monitor.norms}
+    sample = x.reshape(-1, H)[::3].double()
+    assert sample.shape[0] <= MONITOR_MAX_ROWS < sample.shape[0] * 3 // 2
+    u = 1.5 * sample
+    want = [sample.numel(), float(sample.pow(2).sum()), float((u.abs() > 2).sum()),
+            float((1 - torch.tanh(u) ** 2).sum())]  # fmt: skip
+    assert sums["dyt"].tolist() == pytest.approx(want, rel=1e-12)
+    assert sums["rms"].tolist()[:2] == pytest.approx(want[:2], rel=1e-12)
 
 
 def test_rows_that_recorded_nothing_are_skipped():

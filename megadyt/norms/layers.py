@@ -8,7 +8,8 @@ megadyt.norms.dispatch), `role` is the slot ("attention", "ffn" or "final") that
 and the saturation monitor read.
 
 Saturation monitor: set `record_saturation = True` and the next forward stores
-`saturation_sums` of its input in `saturation` (then clears the flag). It is computed inside
+`saturation_sums` of its input (at most MONITOR_MAX_ROWS token rows: `monitor_sample`) in
+`saturation` (then clears the flag). It is computed inside
 forward because that is where α is guaranteed whole (ZeRO-3 gathers it only around forward).
 
 Sequence parallelism: every TP rank holds the same γ/β/α/s but sees a different slice of the
@@ -33,6 +34,8 @@ from megadyt.norms.functional import derf, dyt, rms_norm
 
 # |αx+s| above this counts as saturated: tanh′(2) = 0.07, erf′(2) = 0.02 (of 1 and 1.13 at 0).
 SATURATION_THRESHOLD = 2.0
+# The saturation monitor reads at most this many token rows of each norm's input (monitor_sample).
+MONITOR_MAX_ROWS = 1024
 
 
 def tanh_saturation(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +47,16 @@ def erf_saturation(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(saturated count, Σ erf′(u)) of the pre-activation u = αx+s: Derf's monitor statistic."""
     slope = (2.0 / math.sqrt(math.pi)) * torch.exp(-u * u)
     return (u.abs() > SATURATION_THRESHOLD).sum().double(), slope.sum()
+
+
+def monitor_sample(x: torch.Tensor) -> torch.Tensor:
+    """At most MONITOR_MAX_ROWS token rows of x, evenly strided over all of them: what the
+    saturation monitor reduces. Its float64 passes over every token cost ~25 ms a step on a 1B
+    model at 8K tokens (45 norms, measured on an H200); a fraction and an RMS over 1024 tokens ×
+    the hidden width are as informative. Inputs with no more rows are taken whole."""
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() else x.reshape(1, 1)
+    stride = -(-rows.shape[0] // MONITOR_MAX_ROWS)
+    return rows[::stride] if stride > 1 else rows
 
 
 def mark_sequence_parallel(module: torch.nn.Module, enabled: bool) -> None:
@@ -82,7 +95,7 @@ class _MonitoredNorm(torch.nn.Module):
     def _maybe_record(self, x: torch.Tensor) -> None:
         if self.record_saturation:
             with torch.no_grad():
-                self.saturation = self.saturation_sums(x)
+                self.saturation = self.saturation_sums(monitor_sample(x))
             self.record_saturation = False
 
 

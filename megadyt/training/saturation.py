@@ -9,7 +9,9 @@ its input (megadyt.norms.layers), and `collect` adds them over all ranks into, p
 - `norm/saturated/NAME`: fraction of units with |αx+s| > 2 (DyT/Derf);
 - `norm/derivative/NAME`: mean tanh′ or erf′ at αx+s (DyT/Derf; 1 or 1.13 when unsaturated).
 
-Cost: one elementwise pass over one micro-batch's norm inputs per log step.
+Cost: a few float64 passes per log step over at most 1024 token rows of each norm's input in
+one micro-batch, evenly strided (megadyt.norms.layers.monitor_sample): at 1B and 8K tokens a
+step, reading every row cost ~25 ms a step on an H200.
 """
 
 from __future__ import annotations
