@@ -1,8 +1,10 @@
 """Training throughput of `megadyt train` on this machine, against a plain Hugging Face LLaMA.
 
 Runs the tiny config and a ~100M-parameter config (rmsnorm, dyt, derf; `--sizes 1b` adds a
-~1.1B one for a GPU) for a few steps each in a fresh process, single-process (ZeRO stage 0)
-and under `torch.distributed.run` (data parallel, ZeRO-1), reads the logged figures back from
+~1.1B one for a GPU) for a few steps each in a fresh process, single-process and under
+`torch.distributed.run` (data parallel; ZeRO stage 0 by default, which keeps a whole optimizer
+state on every rank as the baseline's DDP does; `--dp-zero-stage 1` measures what ZeRO-1's
+sharding costs on top), reads the logged figures back from
 metrics.jsonl, and times a `transformers` LlamaForCausalLM of the same shape, batch, optimizer
 and process count (benchmarks/hf_baseline.py) in the same run.
 The first step of every run is dropped as warm-up; figures are medians of per-step tokens/s.
@@ -119,10 +121,12 @@ def scratch_dir() -> str | None:
 # Extra overrides from --set, applied to every run (megadyt and HF alike), e.g. a larger batch
 # on a GPU, where the CPU-sized one measures launch overhead rather than the device.
 EXTRA_OVERRIDES: list[str] = []
+# ZeRO stage of the data-parallel runs (--dp-zero-stage): 0 is like for like with DDP.
+DP_ZERO_STAGE = [0]
 
 
 def common_overrides(size: str, steps: int, nproc: int, run_dir: Path) -> list[str]:
-    """Shape, steps and logging; ZeRO-1 over 2+ ranks, stage 0 alone (nothing to shard)."""
+    """Shape, steps and logging; ZeRO stage 0 alone (nothing to shard), DP_ZERO_STAGE over 2+."""
     return [
         *SIZES[size],
         *EXTRA_OVERRIDES,
@@ -130,7 +134,7 @@ def common_overrides(size: str, steps: int, nproc: int, run_dir: Path) -> list[s
         "train.log_interval=1",
         f"train.eval_interval={10 * steps}",
         f"train.save_interval={10 * steps}",
-        f"parallel.zero_stage={0 if nproc == 1 else 1}",
+        f"parallel.zero_stage={0 if nproc == 1 else DP_ZERO_STAGE[0]}",
         f"run.dir={run_dir}",
     ]
 
@@ -287,8 +291,16 @@ def main() -> None:
         metavar="SECTION.KEY=VALUE",
         help="config override for every run, megadyt and HF (after the size's own)",
     )
+    parser.add_argument(
+        "--dp-zero-stage",
+        type=int,
+        default=0,
+        choices=[0, 1, 2, 3],
+        help="ZeRO stage of the runs with 2+ processes (0: replicated, as the baseline's DDP)",
+    )
     args = parser.parse_args()
     EXTRA_OVERRIDES.extend(args.overrides)
+    DP_ZERO_STAGE[0] = args.dp_zero_stage
     if importlib.util.find_spec("transformers") is None:
         raise SystemExit("transformers is missing for the HF baseline: pip install -e '.[bench]'")
     runs: dict[tuple[str, str, int], list[dict]] = {}
@@ -327,6 +339,7 @@ def main() -> None:
         "steps": args.steps,
         "repeats": args.repeats,
         "overrides": args.overrides,
+        "dp_zero_stage": args.dp_zero_stage,
         "rows": rows,
     }
     Path(args.output).write_text(json.dumps(report, indent=2))

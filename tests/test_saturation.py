@@ -57,7 +57,7 @@ def test_metrics_equal_a_direct_computation():
         "norm/derivative/derf": float((2 / math.sqrt(math.pi) * torch.exp(-(u_derf**2))).mean()),
         "norm/input_rms/rms": float(xd.pow(2).mean().sqrt()),
     }
-    assert got == pytest.approx(want, rel=1e-12)
+    assert got == pytest.approx(want, rel=1e-6)  # float32 elementwise, float64 sums
     assert 0.0 < got["norm/saturated/dyt"] < 1.0  # the input straddles the threshold
     # disarmed after collecting: the next forward records nothing
     stack(x)
@@ -79,8 +79,8 @@ def test_a_long_input_is_sampled_on_evenly_strided_rows():
     u = 1.5 * sample
     want = [sample.numel(), float(sample.pow(2).sum()), float((u.abs() > 2).sum()),
             float((1 - torch.tanh(u) ** 2).sum())]  # fmt: skip
-    assert sums["dyt"].tolist() == pytest.approx(want, rel=1e-12)
-    assert sums["rms"].tolist()[:2] == pytest.approx(want[:2], rel=1e-12)
+    assert sums["dyt"].tolist() == pytest.approx(want, rel=1e-6)
+    assert sums["rms"].tolist()[:2] == pytest.approx(want[:2], rel=1e-6)
 
 
 def test_rows_that_recorded_nothing_are_skipped():

@@ -82,13 +82,18 @@ def _duration(s: float) -> str:
     return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
+def _weights_part(weights: int) -> str:
+    """The periodic save's weights copy (ZeRO-3 only; ZeRO 0-2 keep it for the last save)."""
+    return f"weights copy {_size(weights)}, " if weights else ""
+
+
 def _checkpoint_lines(plan) -> list[str]:
     """One checkpoint's size and save time (model: megadyt/planning/checkpoint.py)."""
     c = plan.checkpoint
     bw = f"{c.fs_bandwidth_gbs:g} GB/s"
     return [
         f"checkpoint   {_size(c.total)} per save (model {_size(c.model)}, optimizer "
-        f"{_size(c.optimizer)}, weights copy {_size(c.weights)}, RNG {_size(c.rng)}); "
+        f"{_size(c.optimizer)}, {_weights_part(c.weights)}RNG {_size(c.rng)}); "
         f"{_duration(c.write_s)} at {bw}",
         f"             + {_duration(c.hash_s)} manifest hashing (read back at {bw}, BLAKE3 "
         f"{HASH_GBS:g} GB/s per rank); every {c.save_interval:,} steps: "

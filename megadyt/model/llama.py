@@ -21,6 +21,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megadyt.config.schema import Config, ModelConfig
+from megadyt.model import rope
 from megadyt.model.attention import SdpaDotProductAttention
 from megadyt.norms import tp_summed
 from megadyt.norms.registry import entry_of, has_embedding_scale, norm_classes, norm_entry
@@ -63,7 +64,9 @@ def transformer_config(cfg: Config, perform_initialization: bool = True) -> Tran
         gradient_accumulation_fusion=False,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
-        apply_rope_fusion=False,
+        # megatron-core's fused-rotary slot: Transformer Engine's kernel where installed, else
+        # megadyt.model.rope (cos/sin once per table, no concatenations; bitwise the same)
+        apply_rope_fusion=rope.install(),
         masked_softmax_fusion=on_cuda,
         persist_layer_norm=False,
         **recompute,

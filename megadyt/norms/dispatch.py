@@ -20,11 +20,12 @@ from megadyt.norms import fused_cpu
 IMPLS = ("auto", "reference", "compiled", "triton")
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Below this many elements "auto" keeps the eager formula on CPU: a compiled call costs ~0.1 ms of
-# guard/wrapper overhead and a first-use compile of seconds. Measured break-even on 2 cores was
-# ~2^18 (512x513 fwd+bwd: 2.35 ms compiled vs 2.16 ms eager; 1024x512: 5.7 vs 10.4 ms); tiny
-# activations (the 1024x128 of configs/tiny) keep the formula.
-CPU_AUTO_MIN_NUMEL = 1 << 19
+# Below this many elements "auto" keeps the eager formula on CPU. Measured inside a training
+# step (a ~100M DyT model's forward+backward, 12 x 768, 2 cores): at 786K elements per norm
+# input (2 x 512 tokens) the compiled kernels made the step 4% slower, at 3.1M (8 x 512) 6%
+# faster; on a norm alone they win from ~2^18, but in a model their calls cost more than that
+# shows. Tiny activations (the 1024x128 of configs/tiny) keep the formula.
+CPU_AUTO_MIN_NUMEL = 1 << 21
 
 _triton_module: ModuleType | None = None
 _triton_error: str | None = None

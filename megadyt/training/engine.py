@@ -31,6 +31,14 @@ def gradient_accumulation_steps(cfg: Config) -> int:
     return cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
 
 
+def uses_deepspeed_cpu_adam(cfg: Config) -> bool:
+    """Optimizer offload runs DeepSpeed's CPU Adam, a C++ op built on first use (~90 s), where it
+    earns that: next to a GPU, whose optimizer step it moves to the CPU. Without CUDA the
+    optimizer is on the CPU anyway, and torch's fused AdamW (the one used without offload)
+    runs the offloaded update with no build."""
+    return cfg.parallel.offload_optimizer and torch.cuda.is_available()
+
+
 def deepspeed_config(cfg: Config) -> dict:
     t, p = cfg.train, cfg.parallel
     zero: dict = {"stage": p.zero_stage, "contiguous_gradients": True}
@@ -52,7 +60,9 @@ def deepspeed_config(cfg: Config) -> dict:
         "wall_clock_breakdown": False,
         "dump_state": False,
     }
-    if p.offload_optimizer:  # DeepSpeed's CPU Adam runs the offloaded update
+    if p.offload_optimizer and not uses_deepspeed_cpu_adam(cfg):
+        config["zero_force_ds_cpu_optimizer"] = False  # torch's AdamW, on purpose: see above
+    if uses_deepspeed_cpu_adam(cfg):  # DeepSpeed's CPU Adam runs the offloaded update
         config["optimizer"] = {
             "type": "AdamW",
             "params": {
@@ -70,7 +80,7 @@ def build_engine(cfg: Config, model: torch.nn.Module, norm_names: set[str]):
     t = cfg.train
     groups = parameter_groups(model, norm_names, t.decay_norm_params, t.weight_decay)
     optimizer = None
-    if not cfg.parallel.offload_optimizer:
+    if not uses_deepspeed_cpu_adam(cfg):
         optimizer = torch.optim.AdamW(
             groups,
             lr=t.lr,

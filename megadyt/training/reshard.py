@@ -45,6 +45,10 @@ PARTIAL_SUFFIX = ".converting"
 SOURCE_MANIFEST = "source_manifest.json"  # the checkpoint's manifest, copied into its conversion
 
 
+def _ranks(count: int) -> str:
+    return f"{count} rank" if count == 1 else f"{count} ranks"
+
+
 def saved_tp(tag_dir: Path) -> int:
     """Tensor-parallel size a checkpoint was saved with: the distinct `mp_rank_NN` indices of
     DeepSpeed's model-state files (ZeRO 0-2: mp_rank_NN_model_states.pt; ZeRO-3:
@@ -74,9 +78,9 @@ def needs_universal(engine, tag_dir: Path, saved_world: int, tp: int, world: int
         unsupported = "with parallel.offload_optimizer"
     if unsupported:
         raise MegadytError(
-            f"checkpoint {tag_dir} was saved by {saved_world} ranks, this run has {world}; a "
-            f"data-parallel change {unsupported} is not supported: resume on {saved_world} "
-            "ranks"
+            f"checkpoint {tag_dir} was saved by {_ranks(saved_world)}, this run has {world}; a "
+            f"data-parallel change {unsupported} is not supported: resume on "
+            f"{_ranks(saved_world)}"
         )
     return True
 
@@ -142,7 +146,7 @@ def ensure_universal(run: RunDir, tag: str, saved_world: int, world: int) -> Pat
                 print(f"megadyt: reusing the universal form of {tag} in {out}", flush=True)
             else:
                 print(
-                    f"megadyt: checkpoint {tag} was saved by {saved_world} ranks, this run has "
+                    f"megadyt: checkpoint {tag} was saved by {_ranks(saved_world)}, this run has "
                     f"{world}: converting it with DeepSpeed's ds_to_universal into {out} "
                     f"(log: {log.name})",
                     flush=True,
