@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from megadyt.config import load_config  # noqa: E402
 from megadyt.config.schema import Config, ModelConfig  # noqa: E402
+from megadyt.interop import hf_config  # noqa: E402
 from megadyt.model.counting import count_parameters  # noqa: E402
 from megadyt.model.flops import flops_per_token  # noqa: E402
 from megadyt.training.hardware import memory_gb, peak_tflops  # noqa: E402
@@ -40,27 +41,8 @@ ATTENTION = "sdpa"
 
 
 def llama_config(m: ModelConfig):
-    """transformers' LlamaConfig with megadyt's shape: untied, no biases, same eps and RoPE base."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=m.vocab_size,
-        hidden_size=m.hidden_size,
-        intermediate_size=m.ffn_hidden_size,
-        num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.kv_heads,
-        max_position_embeddings=m.seq_length,
-        rms_norm_eps=m.norm_eps,
-        rope_theta=float(m.rotary_base),  # transformers 5 folds it into rope_parameters
-        initializer_range=m.resolved_init_std,
-        tie_word_embeddings=False,
-        attention_bias=False,
-        mlp_bias=False,
-        attention_dropout=0.0,
-        use_cache=False,
-        attn_implementation=ATTENTION,
-    )
+    """The exported model's LlamaConfig (megadyt.interop), set up for training here."""
+    return hf_config.llama_config(m, use_cache=False, attn_implementation=ATTENTION)
 
 
 def train(cfg: Config, steps: int) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from megadyt.cli.main import add_override_argument  # noqa: E402
 from megadyt.config import load_config  # noqa: E402
 from megadyt.experiments.runner import run_cell  # noqa: E402
 
@@ -45,14 +46,7 @@ def parse_args() -> argparse.Namespace:
         default=str(ROOT / "runs" / "norm-parity"),
         help="where the runs go: RUNS_DIR/<set>/<norm>/seed-<seed>",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override for every run",
-    )
+    add_override_argument(parser, help="override for every run")
     parser.add_argument("--output", default="norm-parity.json", help="JSON results file")
     return parser.parse_args()
 

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 import train_throughput  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from megadyt.cli.main import add_override_argument  # noqa: E402
 from megadyt.cli.main import main as megadyt_main  # noqa: E402
 
 TOP = 15
@@ -79,7 +80,7 @@ def main() -> None:
     parser.add_argument("--size", default="100m", choices=list(train_throughput.SIZES))
     parser.add_argument("--norms", nargs="+", default=["rmsnorm", "dyt"])
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    add_override_argument(parser, help="config override for every run")
     parser.add_argument("--output", default="profile-train.json")
     args = parser.parse_args()
     train_throughput.EXTRA_OVERRIDES.extend(args.overrides)

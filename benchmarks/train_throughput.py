@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from megadyt.cli.main import add_override_argument
 from megadyt.training.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,13 +284,8 @@ def main() -> None:
     parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=NORMS)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds, pooled")
     parser.add_argument("--output", default="bench-train.json")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="config override for every run, megadyt and HF (after the size's own)",
+    add_override_argument(
+        parser, help="config override for every run, megadyt and HF (after the size's own)"
     )
     parser.add_argument(
         "--dp-zero-stage",

@@ -17,10 +17,10 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/setup.cfg" -nt "$STAMP" ]; then
     fi
   fi
   if command -v nvidia-smi >/dev/null 2>&1; then
-    "$VENV/bin/pip" install -q -e "$ROOT[dev]"
+    "$VENV/bin/pip" install -q -e "$ROOT[dev,hf]"
   else
     # triton's interpreter lets the CPU test suite check the GPU kernels too
-    "$VENV/bin/pip" install -q -e "$ROOT[dev,triton]"
+    "$VENV/bin/pip" install -q -e "$ROOT[dev,triton,hf]"
   fi
   touch "$STAMP"
 fi

@@ -334,6 +334,30 @@ def test_export_names_the_verified_step(run_dir, tmp_path):
     assert (tmp_path / "w.pt").is_file() and (tmp_path / "w.yaml").is_file()
 
 
+def test_hf_export_of_a_trained_run_gives_its_logits_in_transformers(run_dir, lm, tmp_path):
+    """`export --format hf` of a real checkpoint (the lm fixture loaded the same one): one line,
+    transformers (with the exported modeling file) computes the same logits; a second export
+    into the same directory is refused in one line, exit 2."""
+    import transformers
+
+    out = tmp_path / "hf"
+    proc = _cli("export", "--format", "hf", "--checkpoint", str(run_dir), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exported step 4" in proc.stdout and "trust_remote_code=True" in proc.stdout
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        out, trust_remote_code=True, dtype=torch.float32
+    )
+    tokens = torch.randint(0, 4096, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (hf(input_ids=tokens).logits - lm.model(tokens)).abs().max()
+    assert float(diff) <= 1e-4
+    config = json.loads((out / "config.json").read_text())
+    assert config["eos_token_id"] == lm.tok.eos_id and config["megadyt_norm"] == "dyt"
+    again = _cli("export", "--format", "hf", "--checkpoint", str(run_dir), "--output", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
+
+
 def test_suites_expand_to_the_papers_15_tasks():
     from megadyt.evaluation.harness import expand_tasks
 

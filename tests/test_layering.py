@@ -25,6 +25,7 @@ FORBIDDEN = {
     "evaluation": {"experiments", "planning"},
     "experiments": {"evaluation"},
     "planning": {"training", "evaluation", "experiments"},
+    "interop": {"model", "parallel", "data", "training", "evaluation", "experiments", "planning"},
 }
 THIRD_PARTY_FORBIDDEN = {"model": {"deepspeed"}, "norms": {"deepspeed"}}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,7 +59,13 @@ def _finish_at_dp1(rank: int, world_size: int, tmp: str, zero: int) -> dict:
 
 
 def _validation_loss_of_tp1_export(rank: int, world_size: int, run_dirs: list[str]) -> dict:
-    """Each run's exported weights, merged to TP=1, scored on the validation samples."""
+    """Each run's exported weights, merged to TP=1, scored on the validation samples; and the
+    largest logit difference of its Hugging Face export (loaded by transformers) to them."""
+    import tempfile
+
+    import transformers
+
+    from megadyt.interop.hf_export import write_hf_export
     from megadyt.model import build_model
     from megadyt.parallel.distributed import init_distributed, seed_everything
     from megadyt.training.data import collate
@@ -75,7 +82,14 @@ def _validation_loss_of_tp1_export(rank: int, world_size: int, run_dirs: list[st
         model.load_state_dict(state, strict=False)
         with torch.no_grad():
             losses = [loss_of(model, collate(valid, range(i, i + 2))).item() for i in (0, 2, 4, 6)]
-        out[run_dir] = sum(losses) / len(losses)
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            write_hf_export(cfg, state, Path(tmp) / "hf", "float32", (1, 2))
+            hf = transformers.AutoModelForCausalLM.from_pretrained(
+                Path(tmp) / "hf", trust_remote_code=True, dtype=torch.float32
+            )
+            tokens = collate(valid, range(0, 2))["tokens"]
+            hf_diff = float((hf(input_ids=tokens).logits - model(tokens)).abs().max())
+        out[run_dir] = (sum(losses) / len(losses), hf_diff)
     return out
 
 
@@ -83,7 +97,7 @@ def test_same_loss_curve_for_every_parallel_layout(tmp_path):
     single = run_distributed(
         _layouts,
         world_size=1,
-        timeout=600,  # the offload layout JIT-builds DeepSpeed CPU Adam on a fresh machine (90 s)
+        timeout=600,
         layouts=[
             [f"run.dir={tmp_path}/tp1dp1", "parallel.zero_stage=0"],
             [f"run.dir={tmp_path}/recompute", "parallel.zero_stage=0", "parallel.recompute=full"],
@@ -129,8 +143,9 @@ def test_same_loss_curve_for_every_parallel_layout(tmp_path):
         metrics = path.parent.parent / "metrics.jsonl"
         records = [json.loads(x) for x in metrics.read_text().splitlines()]
         logged = [r["valid/loss"] for r in records if r.get("step") == step and "valid/loss" in r]
-        loss = exported[str(path)]
+        loss, hf_diff = exported[str(path)]
         assert logged and loss == pytest.approx(logged[0], rel=1e-5, abs=1e-6), path
+        assert hf_diff <= 1e-4, (path, hf_diff)  # transformers computes the same logits
     # weights read from DeepSpeed's file are checked against the manifest like a weights copy
     from megadyt.errors import MegadytError
     from megadyt.training.weights import load_tp1_weights

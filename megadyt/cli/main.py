@@ -41,14 +41,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True)
     parser.add_argument(
         "--config", required=required, help="YAML config, e.g. configs/tiny/dyt.yaml"
     )
+    add_override_argument(parser)
+
+
+def add_override_argument(
+    parser: argparse.ArgumentParser,
+    help: str = "override one config value (repeatable), e.g. --set parallel.tp=2",
+) -> None:
+    """Repeatable `--set section.key=value` into `args.overrides` (benchmarks use it too)."""
     parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value (repeatable), e.g. --set parallel.tp=2",
-    )
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help=help,
+    )  # fmt: skip
 
 
 def _command_in(argv: list[str]) -> str | None:

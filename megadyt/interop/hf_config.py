@@ -1,0 +1,64 @@
+"""transformers' config for a megadyt model: LlamaConfig, plus the megadyt keys where needed.
+
+An RMSNorm model without the embedding scalar is exactly transformers' LLaMA, so its config is
+a plain `LlamaConfig` (no custom code to trust). Anything else (DyT, Derf, or RMSNorm with the
+scalar) names `modeling_megadyt.py` through `auto_map` and records the norm, its bias and the
+scalar. The serialisation is transformers' own (`to_dict`), so the keys match its version.
+"""
+
+from __future__ import annotations
+
+from megadyt.config.schema import ModelConfig
+from megadyt.norms.registry import has_embedding_scale
+
+MODELING_MODULE = "modeling_megadyt"
+CUSTOM_CLASSES = {
+    "AutoConfig": f"{MODELING_MODULE}.MegadytLlamaConfig",
+    "AutoModelForCausalLM": f"{MODELING_MODULE}.MegadytLlamaForCausalLM",
+}
+
+
+def llama_config(m: ModelConfig, **overrides):
+    """transformers' LlamaConfig with megadyt's shape: untied, no biases, same eps and RoPE base."""
+    from transformers import LlamaConfig
+
+    settings = dict(
+        vocab_size=m.vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.ffn_hidden_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.kv_heads,
+        max_position_embeddings=m.seq_length,
+        rms_norm_eps=m.norm_eps,
+        rope_theta=float(m.rotary_base),  # transformers 5 folds it into rope_parameters
+        initializer_range=m.resolved_init_std,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=0.0,
+    )
+    return LlamaConfig(**{**settings, **overrides})
+
+
+def is_plain_llama(m: ModelConfig) -> bool:
+    """True when transformers' own LlamaForCausalLM is this model (no custom code needed)."""
+    return m.norm == "rmsnorm" and not has_embedding_scale(m)
+
+
+def hf_config_dict(m: ModelConfig, dtype: str, bos_id: int | None, eos_id: int | None) -> dict:
+    """config.json's content for model `m` stored in `dtype` ("float32", "bfloat16")."""
+    config = llama_config(m, bos_token_id=bos_id, eos_token_id=eos_id).to_dict()
+    config["dtype"] = dtype
+    if is_plain_llama(m):
+        config["architectures"] = ["LlamaForCausalLM"]
+        return config
+    config.update(
+        architectures=["MegadytLlamaForCausalLM"],
+        model_type="megadyt_llama",
+        auto_map=dict(CUSTOM_CLASSES),
+        megadyt_norm=m.norm,
+        megadyt_norm_bias=bool(m.norm_bias) and m.norm != "rmsnorm",
+        megadyt_embedding_scale=has_embedding_scale(m),
+    )
+    return config
