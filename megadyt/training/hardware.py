@@ -44,8 +44,22 @@ def cpu_matmul_tflops(threads: int, size: int = 768, trials: int = 5, reps: int 
     return 2 * size**3 * reps / best / 1e12
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set since it started (Linux: VmHWM). Not getrusage's
+    ru_maxrss, which Linux carries over from the pre-exec image: a run started from a large
+    parent (a test session, a notebook) reported the parent's RSS as its own (0.7 GB more)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def memory_gb() -> float:
-    """Peak memory of this process: allocated GPU memory on CUDA, else the max RSS."""
+    """Peak memory of this process: allocated GPU memory on CUDA, else the peak RSS."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return peak_rss_bytes() / 2**30
