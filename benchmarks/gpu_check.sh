@@ -50,7 +50,7 @@ GPU_BATCH_100M="--set train.micro_batch_size=8 --set train.global_batch_size=8 -
 STAGES=(
   "install|60|benchmarks/gpu_install.sh"
   "gpu-tests|140|$PY -m pytest -q -m gpu tests/test_gpu_kernels.py tests/test_gpu_training.py -p no:cacheprovider -rs --junitxml=$OUT/gpu-tests.xml"
-  "norms|40|$PY benchmarks/norms.py --device cuda --dtypes bf16 --impls reference triton --output $OUT/norms.json"
+  "norms|40|$PY benchmarks/norms.py --device cuda --dtypes bf16 --shapes 4096x4096 2048x4096 --impls reference triton --output $OUT/norms.json"
   "appendix-c|25|$PY benchmarks/norms.py --device cuda --appendix-c --impls reference triton --output $OUT/norms-appendix-c.json"
   "train-100m|85|$PY benchmarks/train_throughput.py --sizes 100m --norms rmsnorm dyt --steps 6 $GPU_BATCH_100M --output $OUT/train-100m.json"
   "train-1b|115|$PY benchmarks/train_throughput.py --sizes 1b --norms rmsnorm dyt --steps 6 --output $OUT/train-1b.json"
