@@ -334,28 +334,81 @@ def test_export_names_the_verified_step(run_dir, tmp_path):
     assert (tmp_path / "w.pt").is_file() and (tmp_path / "w.yaml").is_file()
 
 
-def test_hf_export_of_a_trained_run_gives_its_logits_in_transformers(run_dir, lm, tmp_path):
-    """`export --format hf` of a real checkpoint (the lm fixture loaded the same one): one line,
+@pytest.fixture(scope="module")
+def hf_dir(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hf") / "export"
+    proc = _cli("export", "--format", "hf", "--checkpoint", str(run_dir), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exported step 4" in proc.stdout and "trust_remote_code=True" in proc.stdout
+    assert "tokenizer.json checked on" in proc.stdout and "prefix token" in proc.stdout
+    return out
+
+
+def test_hf_export_of_a_trained_run_gives_its_logits_in_transformers(run_dir, lm, hf_dir):
+    """`export --format hf` of a real checkpoint (the lm fixture loaded the same one):
     transformers (with the exported modeling file) computes the same logits; a second export
     into the same directory is refused in one line, exit 2."""
     import transformers
 
-    out = tmp_path / "hf"
-    proc = _cli("export", "--format", "hf", "--checkpoint", str(run_dir), "--output", str(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "exported step 4" in proc.stdout and "trust_remote_code=True" in proc.stdout
     hf = transformers.AutoModelForCausalLM.from_pretrained(
-        out, trust_remote_code=True, dtype=torch.float32
+        hf_dir, trust_remote_code=True, dtype=torch.float32
     )
     tokens = torch.randint(0, 4096, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         diff = (hf(input_ids=tokens).logits - lm.model(tokens)).abs().max()
     assert float(diff) <= 1e-4
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((hf_dir / "config.json").read_text())
     assert config["eos_token_id"] == lm.tok.eos_id and config["megadyt_norm"] == "dyt"
-    again = _cli("export", "--format", "hf", "--checkpoint", str(run_dir), "--output", str(out))
+    again = _cli("export", "--format", "hf", "--checkpoint", str(run_dir), "--output", str(hf_dir))
     assert again.returncode == 2 and "exists" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
+
+
+def test_exported_tokenizer_gives_sentencepiece_ids_on_every_heldout_text(lm, hf_dir):
+    """transformers' AutoTokenizer over the export: the same ids as the run's SentencePiece
+    model on every held-out document and line (and the edge cases), and the same decoding."""
+    import transformers
+
+    from megadyt.data.builtin import heldout_texts
+    from megadyt.interop.hf_tokenizer import EDGE_CASES
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    texts = [*EDGE_CASES, *heldout_texts(lm.cfg.data.cache_dir)]
+    assert len(texts) > 5000
+    ids = tokenizer(texts)["input_ids"]
+    differ = [t for t, got in zip(texts, ids) if got != lm.tok.encode(t)]
+    assert differ == []
+    for text in texts[:300]:
+        assert tokenizer.decode(lm.tok.encode(text)) == lm.tok.decode(lm.tok.encode(text))
+    assert tokenizer.eos_token_id == lm.tok.eos_id and tokenizer.bos_token_id == lm.tok.bos_id
+
+
+def test_lm_eval_hf_backend_scores_the_export_like_megadyt_eval(lm, hf_dir):
+    """lm-eval's own `hf` model over the export, with EOS as the prefix token (the command in
+    the README): per-request loglikelihoods within 1e-4 of the `megadyt` model's, for
+    multiple-choice continuations and rolling (perplexity) documents longer than the context."""
+    from lm_eval.models.huggingface import HFLM
+
+    from megadyt.data.builtin import heldout_texts
+
+    hf = HFLM(
+        pretrained=str(hf_dir), trust_remote_code=True, dtype="float32", device="cpu",
+        batch_size=3, prefix_token_id=lm.tok.eos_id,
+    )  # fmt: skip
+    assert hf.max_length == lm.max_length
+    lines = [t for t in heldout_texts(lm.cfg.data.cache_dir) if 20 < len(t) < 200][:12]
+    pairs = [(lines[i], "\n" + lines[i + 1]) for i in range(0, 12, 2)] + [("", lines[0])]
+    requests = [instance("loglikelihood", pair, i) for i, pair in enumerate(pairs)]
+    ours, theirs = lm.loglikelihood(requests), hf.loglikelihood(requests)
+    assert [greedy for _, greedy in ours] == [greedy for _, greedy in theirs]
+    assert max(abs(a - b) for (a, _), (b, _) in zip(ours, theirs)) <= 1e-4
+    documents = [LONG_TEXT, lines[3], " leading space\n" + lines[4]]
+    rolling = [instance("loglikelihood_rolling", (doc,), i) for i, doc in enumerate(documents)]
+    ours, theirs = lm.loglikelihood_rolling(rolling), hf.loglikelihood_rolling(rolling)
+    assert len(lm.tok.encode(LONG_TEXT)) > 2 * lm.max_length  # several windows
+    # a long document's sum is ~1e3 nats: fp32 resolves it to ~1e-4, so 1e-6 relative there
+    assert all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-4) for a, b in zip(ours, theirs))
+    assert max(abs(a - b) for a, b in zip(ours[1:], theirs[1:])) <= 1e-4
 
 
 def test_suites_expand_to_the_papers_15_tasks():

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 import transformers
-from conftest import SMALL_TRAINING
+from conftest import ROOT, SMALL_TRAINING
 
 from megadyt.config import load_config
 from megadyt.errors import MegadytError
@@ -21,6 +21,7 @@ from megadyt.interop import hf_export, hf_layout
 from megadyt.model import build_model
 from megadyt.parallel.distributed import destroy_distributed, init_distributed, seed_everything
 
+IDS_ONLY = hf_export.TokenizerSource(None, 1, 2, [])  # BOS/EOS ids for the configs, no files
 TOKENS = torch.randint(0, 256, (2, 19), generator=torch.Generator().manual_seed(4))
 
 
@@ -48,7 +49,7 @@ def _model(norm: str, groups: int):
 
 def _export(cfg, model, out, **kwargs):
     state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
-    return hf_export.write_hf_export(cfg, state, out, "float32", (1, 2), **kwargs)
+    return hf_export.write_hf_export(cfg, state, out, "float32", IDS_ONLY, **kwargs)
 
 
 def _hf_logits(folder):
@@ -119,12 +120,44 @@ def test_bad_input_is_refused_by_name(distributed, tmp_path):
     state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     (tmp_path / "taken").mkdir()
     with pytest.raises(MegadytError, match="exists"):
-        hf_export.write_hf_export(cfg, state, tmp_path / "taken", "float32", (1, 2))
+        hf_export.write_hf_export(cfg, state, tmp_path / "taken", "float32", IDS_ONLY)
     missing = dict(state)
     del missing["decoder.layers.1.mlp.linear_fc1.weight"]
     with pytest.raises(MegadytError, match=r"decoder\.layers\.1\.mlp\.linear_fc1\.weight"):
-        hf_export.write_hf_export(cfg, missing, tmp_path / "a", "float32", (1, 2))
+        hf_export.write_hf_export(cfg, missing, tmp_path / "a", "float32", IDS_ONLY)
     extra = {**state, "decoder.layers.0.mystery.weight": torch.zeros(1)}
     with pytest.raises(MegadytError, match=r"mystery"):
-        hf_export.write_hf_export(cfg, extra, tmp_path / "b", "float32", (1, 2))
+        hf_export.write_hf_export(cfg, extra, tmp_path / "b", "float32", IDS_ONLY)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_tokenizer_that_differs_from_sentencepiece_is_refused(tmp_path):
+    """The check before writing tokenizer.json can fail: a unigram SentencePiece model (the
+    BPE conversion does not reproduce it) is refused and nothing is written; and without the
+    prepended word-start marker, the built-in tokenizer differs on text with leading spaces."""
+    import sentencepiece as spm
+
+    from megadyt.data.builtin import heldout_texts, tokenizer_model_path
+    from megadyt.interop import hf_tokenizer
+
+    lines = [line for line in heldout_texts(str(ROOT / "data_cache")) if len(line) > 10][:3000]
+    model = tmp_path / "unigram.model"
+    with open(model, "wb") as writer:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=writer, model_type="unigram",
+            vocab_size=400, byte_fallback=True, minloglevel=2,
+        )  # fmt: skip
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(MegadytError, match="differs from SentencePiece"):
+        hf_tokenizer.write_tokenizer_files(folder, str(model), lines, 64)
+    assert list(folder.iterdir()) == []
+
+    builtin = tokenizer_model_path("builtin:stdlib", str(ROOT / "data_cache"))
+    tokenizer = hf_tokenizer.build_hf_tokenizer(builtin)
+    assert hf_tokenizer.first_difference(tokenizer, builtin, lines) is None
+    from tokenizers import normalizers
+
+    tokenizer.normalizer = normalizers.Replace(" ", hf_tokenizer.WORD_START)
+    found = hf_tokenizer.first_difference(tokenizer, builtin, ["x = 1", "    return x"])
+    assert found is not None and found.startswith("'x = 1'")

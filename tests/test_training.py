@@ -65,7 +65,7 @@ def _validation_loss_of_tp1_export(rank: int, world_size: int, run_dirs: list[st
 
     import transformers
 
-    from megadyt.interop.hf_export import write_hf_export
+    from megadyt.interop.hf_export import TokenizerSource, write_hf_export
     from megadyt.model import build_model
     from megadyt.parallel.distributed import init_distributed, seed_everything
     from megadyt.training.data import collate
@@ -83,7 +83,8 @@ def _validation_loss_of_tp1_export(rank: int, world_size: int, run_dirs: list[st
         with torch.no_grad():
             losses = [loss_of(model, collate(valid, range(i, i + 2))).item() for i in (0, 2, 4, 6)]
         with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-            write_hf_export(cfg, state, Path(tmp) / "hf", "float32", (1, 2))
+            ids_only = TokenizerSource(None, 1, 2, [])
+            write_hf_export(cfg, state, Path(tmp) / "hf", "float32", ids_only)
             hf = transformers.AutoModelForCausalLM.from_pretrained(
                 Path(tmp) / "hf", trust_remote_code=True, dtype=torch.float32
             )

@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="hf: the dtype of the exported weights (default float32)",
     )
     parser.add_argument(
+        "--no-tokenizer",
+        action="store_true",
+        help="hf: write no tokenizer.json (by default one is written, after checking that it "
+        "gives SentencePiece's ids on the built-in held-out corpus)",
+    )
+    parser.add_argument(
         "--no-verify",
         action="store_true",
         help="read the weights without checking them against the checkpoint's manifest",
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     checked = "unverified" if args.no_verify else "verified"
     source = f"step {checkpoint_step(tag_dir)} ({tag_dir}, {checked})"
     if args.format == "hf":
-        return _export_hf(cfg, state, out, args.dtype, source)
+        return _export_hf(cfg, state, out, args, source)
     with atomic_output(out) as tmp:
         torch.save(state, tmp)
     atomic_write_text(out.with_suffix(".yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -63,20 +69,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_hf(cfg, state: dict, out: Path, dtype: str, source: str) -> int:
+def _export_hf(cfg, state: dict, out: Path, args: argparse.Namespace, source: str) -> int:
+    from megadyt.data.builtin import heldout_texts
     from megadyt.data.tokenizer import load_tokenizer
-    from megadyt.interop.hf_export import write_hf_export
+    from megadyt.interop.hf_export import TokenizerSource, write_hf_export
 
     tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.data.cache_dir)
-    ids = (tokenizer.bos_id, tokenizer.eos_id)
-    summary = write_hf_export(cfg, state, out, dtype, tuple(i if i >= 0 else None for i in ids))
+    texts = [] if args.no_tokenizer else heldout_texts(cfg.data.cache_dir)
+    ids = [i if i >= 0 else None for i in (tokenizer.bos_id, tokenizer.eos_id)]
+    model_path = None if args.no_tokenizer else tokenizer.model_path
+    summary = write_hf_export(cfg, state, out, args.dtype, TokenizerSource(model_path, *ids, texts))
     how = (
         "transformers' LlamaForCausalLM"
         if summary.plain_llama
         else "modeling_megadyt.py: load with trust_remote_code=True"
     )
+    tokens = (
+        f"tokenizer.json checked on {summary.tokenizer_texts:,} texts"
+        if summary.tokenizer_texts
+        else "no tokenizer"
+    )
     print(
-        f"exported {source} -> {out} ({summary.parameters:,} parameters, {dtype}, "
-        f"{summary.shards} shard(s); {how})"
+        f"exported {source} -> {out} ({summary.parameters:,} parameters, {args.dtype}, "
+        f"{summary.shards} shard(s); {how}; {tokens}; score with EOS (id {ids[1]}) as the "
+        "prefix token)"
     )
     return 0

@@ -174,6 +174,15 @@ def ensure_stdlib_corpus(cache_dir: str) -> CorpusFiles:
     return files
 
 
+def heldout_texts(cache_dir: str) -> list[str]:
+    """Every held-out document of the stdlib corpus, then each of their non-empty lines: the
+    texts on which a converted tokenizer must reproduce SentencePiece (whole documents, and
+    lines that start mid-indentation, i.e. with spaces)."""
+    with open(ensure_stdlib_corpus(cache_dir).heldout_jsonl, encoding="utf-8") as handle:
+        documents = [json.loads(line)["text"] for line in handle if line.strip()]
+    return documents + [line for doc in documents for line in doc.split("\n") if line]
+
+
 def builtin_tokenizer_path(spec: str, cache_dir: str) -> str:
     """The built-in tokenizer's .model file, trained on the stdlib corpus on first use."""
     if spec != "builtin:stdlib":

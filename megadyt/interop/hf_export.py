@@ -22,6 +22,7 @@ from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
 from megadyt.interop import hf_config
 from megadyt.interop.hf_layout import hf_tensors
+from megadyt.interop.hf_tokenizer import write_tokenizer_files
 
 SHARD_BYTES = 5 * 10**9  # transformers' own default shard size
 MODELING_FILE = Path(__file__).with_name(f"{hf_config.MODELING_MODULE}.py")
@@ -33,6 +34,18 @@ class ExportSummary(NamedTuple):
     parameters: int
     shards: int
     plain_llama: bool
+    tokenizer_texts: int  # texts the tokenizer was checked on (0: no tokenizer written)
+
+
+class TokenizerSource(NamedTuple):
+    """The run's SentencePiece model (None: write no tokenizer files), its (BOS, EOS) ids, and
+    the texts (e.g. a held-out corpus) on which the exported tokenizer must give its ids
+    before it is written."""
+
+    model_path: str | None
+    bos_id: int | None
+    eos_id: int | None
+    check_texts: list[str]
 
 
 def _write_shards(tensors, folder: Path, dtype: torch.dtype, shard_bytes: int):
@@ -72,21 +85,26 @@ def write_hf_export(
     state: dict,
     out: Path,
     dtype: str,
-    token_ids: tuple[int | None, int | None],
+    tokenizer: TokenizerSource,
     shard_bytes: int = SHARD_BYTES,
 ) -> ExportSummary:
-    """Write `state` (a whole TP=1 megadyt state dict) as a transformers directory at `out`.
-    `token_ids` are the tokenizer's (BOS, EOS) ids for the configs."""
+    """Write `state` (a whole TP=1 megadyt state dict) as a transformers directory at `out`,
+    with the tokenizer's files when it names a model (its ids go into the configs either way)."""
     if dtype not in DTYPES:
         raise MegadytError(f"unknown export dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if out.exists():
         raise MegadytError(f"{out} exists; export into a new directory (or delete it first)")
     m = cfg.model
     tensors = hf_tensors(state, m)  # refuses unknown or missing tensors before writing
-    bos_id, eos_id = token_ids
+    bos_id, eos_id = tokenizer.bos_id, tokenizer.eos_id
     with atomic_output(out) as tmp:
         folder = Path(tmp)
         folder.mkdir()
+        checked = 0
+        if tokenizer.model_path:  # first: a tokenizer that differs stops the export early
+            checked = write_tokenizer_files(
+                folder, tokenizer.model_path, tokenizer.check_texts, m.seq_length
+            )
         weight_map, total, count, shards = _write_shards(
             tensors, folder, DTYPES[dtype], shard_bytes
         )
@@ -99,4 +117,4 @@ def write_hf_export(
         plain = hf_config.is_plain_llama(m)
         if not plain:
             shutil.copyfile(MODELING_FILE, folder / MODELING_FILE.name)
-    return ExportSummary(count, shards, plain)
+    return ExportSummary(count, shards, plain, checked)
