@@ -14,7 +14,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megadyt.errors import MegadytError
 from megadyt.norms import Derf, DyT
-from megadyt.norms.calibration import calibrate_alpha
+from megadyt.norms.calibration import MATCH_CONSTANTS, calibrate_alpha, match_alpha
 from megadyt.parallel.testing import run_distributed
 
 H = 16
@@ -33,6 +33,36 @@ def _std(x: torch.Tensor) -> float:
 
 def _round3(value: float) -> float:
     return float(f"{value:.3g}")
+
+
+def test_matched_alpha_is_the_constant_closest_to_the_rmsnorm_it_replaces():
+    """Conversion from RMSNorm: each norm gets the c (of MATCH_CONSTANTS) whose γ·tanh(c/std·x)
+    is nearest to γ·x/rms(x) in squared error, computed here independently; the second norm
+    is matched downstream of the first, already matched one."""
+    cfg = _config()
+    first, second = DyT(cfg, H, role="attention"), Derf(cfg, H, role="final")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        first.weight.copy_(torch.rand(H, generator=g) + 0.5)
+        second.weight.copy_(torch.rand(H, generator=g) + 0.5)
+    # tokens of very different scales: no single α fits them all, so the choice matters
+    x = torch.randn(4, 6, H, generator=g) * torch.logspace(-1, 1, 6)[None, :, None]
+
+    records = match_alpha([("a", first), ("b", second)], lambda: second(3.0 * first(x)), 1e-5)
+
+    def best(module, inputs, fn):
+        std = _std(inputs)
+        target = torch.nn.functional.rms_norm(inputs, (H,), module.weight.detach(), 1e-5)
+        errors = [float(((module.weight.detach() * fn(_round3(c / std) * inputs) - target) ** 2)
+                        .sum()) for c in MATCH_CONSTANTS]  # fmt: skip
+        return MATCH_CONSTANTS[errors.index(min(errors))], std
+
+    c_first, std_first = best(first, x, torch.tanh)
+    downstream = 3.0 * first.weight.detach() * torch.tanh(_round3(c_first / std_first) * x)
+    c_second, _ = best(second, downstream, torch.erf)
+    assert [r.constant for r in records] == [c_first, c_second]
+    assert float(first.alpha.detach()) == pytest.approx(_round3(c_first / std_first), rel=1e-6)
+    assert len(set(MATCH_CONSTANTS)) == len(MATCH_CONSTANTS) and c_first != c_second
 
 
 def test_alpha_is_c_over_input_std_in_forward_order():

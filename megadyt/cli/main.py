@@ -32,6 +32,7 @@ COMMANDS = {
     "compare": "compare",
     "plan": "plan",
     "export": "export",
+    "import-hf": "import_hf",
     "sweep": "sweep",
 }
 

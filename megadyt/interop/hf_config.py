@@ -12,6 +12,7 @@ from megadyt.config.schema import ModelConfig
 from megadyt.norms.registry import has_embedding_scale
 
 MODELING_MODULE = "modeling_megadyt"
+MODEL_TYPE = "megadyt_llama"  # config.json's model_type for anything but a plain LLaMA
 CUSTOM_CLASSES = {
     "AutoConfig": f"{MODELING_MODULE}.MegadytLlamaConfig",
     "AutoModelForCausalLM": f"{MODELING_MODULE}.MegadytLlamaForCausalLM",
@@ -55,7 +56,7 @@ def hf_config_dict(m: ModelConfig, dtype: str, bos_id: int | None, eos_id: int |
         return config
     config.update(
         architectures=["MegadytLlamaForCausalLM"],
-        model_type="megadyt_llama",
+        model_type=MODEL_TYPE,
         auto_map=dict(CUSTOM_CLASSES),
         megadyt_norm=m.norm,
         megadyt_norm_bias=bool(m.norm_bias) and m.norm != "rmsnorm",

@@ -26,6 +26,8 @@ import torch.distributed as dist
 from megadyt.errors import MegadytError
 
 SIGNIFICANT_DIGITS = 3
+# Conversion from RMSNorm (`match_alpha`): the constants c tried, 1/4 to 8 in steps of 2^(1/8)
+MATCH_CONSTANTS = tuple(2.0 ** (k / 8) for k in range(-16, 25))
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,34 @@ def std_from_sums(sums: torch.Tensor) -> float:
     return math.sqrt(max(squares / count - mean * mean, 0.0))
 
 
+def _run_with_hooks(norms, hook_for, run_forward) -> None:
+    """One no-grad forward with `hook_for(name)` as the pre-hook of every norm that has α."""
+    handles = [
+        module.register_forward_pre_hook(hook_for(name))
+        for name, module in norms
+        if hasattr(module, "alpha")
+    ]
+    try:
+        with torch.no_grad():
+            run_forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _input_std(x: torch.Tensor, group: dist.ProcessGroup | None, name: str) -> float:
+    sums = input_sums(x)
+    if group is not None:
+        dist.all_reduce(sums, group=group)
+    std = std_from_sums(sums)
+    if not math.isfinite(std) or std <= 0.0:
+        raise MegadytError(
+            f"norm {name}: its input has std {std} on the calibration batch, so α cannot "
+            "be calibrated; check the data, or set model.alpha_init=rule"
+        )
+    return std
+
+
 def calibrate_alpha(
     norms: list[tuple[str, torch.nn.Module]],
     run_forward: Callable[[], object],
@@ -69,20 +99,11 @@ def calibrate_alpha(
     `norms` are (name, module) pairs; modules need `alpha` and `role`. Pass the TP group as
     `sequence_parallel_group` when sequence parallelism splits the norms' inputs."""
     records: list[CalibratedAlpha] = []
-    handles = []
 
     def hook_for(name: str):
         def hook(mod, args):
-            sums = input_sums(args[0])
-            if sequence_parallel_group is not None:
-                dist.all_reduce(sums, group=sequence_parallel_group)
-            std = std_from_sums(sums)
+            std = _input_std(args[0], sequence_parallel_group, name)
             constant = constant_for_role(mod.role)
-            if not math.isfinite(std) or std <= 0.0:
-                raise MegadytError(
-                    f"norm {name}: its input has std {std} on the calibration batch, so α cannot "
-                    "be calibrated; check the data, or set model.alpha_init=rule"
-                )
             alpha = round_significant(constant / std)
             with torch.no_grad():
                 mod.alpha.fill_(alpha)
@@ -90,13 +111,42 @@ def calibrate_alpha(
 
         return hook
 
-    try:
-        for name, module in norms:
-            if hasattr(module, "alpha"):
-                handles.append(module.register_forward_pre_hook(hook_for(name)))
-        with torch.no_grad():
-            run_forward()
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_with_hooks(norms, hook_for, run_forward)
+    return records
+
+
+def match_alpha(
+    norms: list[tuple[str, torch.nn.Module]],
+    run_forward: Callable[[], object],
+    eps: float,
+    sequence_parallel_group: dist.ProcessGroup | None = None,
+) -> list[CalibratedAlpha]:
+    """For a model converted from RMSNorm (same γ, β = 0, s = 0): each norm's α = c/std(input)
+    with c from `MATCH_CONSTANTS` chosen so that the norm's output is closest (mean squared
+    error on the calibration batch) to the RMSNorm output it replaces, γ·x/rms(x). Measured in
+    forward order, like `calibrate_alpha`, so later norms see already converted ones."""
+    from megadyt.norms.functional import rms_norm
+
+    records: list[CalibratedAlpha] = []
+
+    def hook_for(name: str):
+        def hook(mod, args):
+            x = args[0]
+            std = _input_std(x, sequence_parallel_group, name)
+            target = rms_norm(x, mod.weight, eps).float()
+            errors = []
+            for constant in MATCH_CONSTANTS:
+                mod.alpha.fill_(round_significant(constant / std))
+                errors.append(((mod.forward(x).float() - target) ** 2).sum().double())
+            errors = torch.stack(errors)
+            if sequence_parallel_group is not None:
+                dist.all_reduce(errors, group=sequence_parallel_group)
+            constant = MATCH_CONSTANTS[int(errors.argmin())]
+            alpha = round_significant(constant / std)
+            mod.alpha.fill_(alpha)
+            records.append(CalibratedAlpha(name, mod.role, std, constant, alpha))
+
+        return hook
+
+    _run_with_hooks(norms, hook_for, run_forward)
     return records

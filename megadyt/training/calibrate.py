@@ -18,7 +18,7 @@ from megatron.core import parallel_state
 from megadyt.atomic import atomic_write_text
 from megadyt.config.schema import Config
 from megadyt.model import norm_modules, norm_scalars
-from megadyt.norms.calibration import CalibratedAlpha, calibrate_alpha
+from megadyt.norms.calibration import CalibratedAlpha, calibrate_alpha, match_alpha
 from megadyt.norms.registry import norm_entry
 from megadyt.training.data import collate
 from megadyt.training.engine import whole_parameters
@@ -29,8 +29,12 @@ def wants_calibration(cfg: Config) -> bool:
     return cfg.model.alpha_init == "calibrate" and norm_entry(cfg.model.norm).squashing
 
 
-def calibrate_model(cfg: Config, model: torch.nn.Module, train_data) -> list[CalibratedAlpha]:
-    """Set every DyT/Derf α of `model` from one forward pass over the calibration batch."""
+def calibrate_model(
+    cfg: Config, model: torch.nn.Module, train_data, match_rmsnorm: bool = False
+) -> list[CalibratedAlpha]:
+    """Set every DyT/Derf α of `model` from one forward pass over the calibration batch: c/std
+    of each norm's input with the config's constants, or (`match_rmsnorm`, for a model
+    converted from RMSNorm) with each norm's c fitted to the RMSNorm it replaces."""
     m = cfg.model
     batch = collate(train_data, range(cfg.train.micro_batch_size))
 
@@ -42,10 +46,11 @@ def calibrate_model(cfg: Config, model: torch.nn.Module, train_data) -> list[Cal
     group = parallel_state.get_tensor_model_parallel_group() if cfg.parallel.sp else None
     was_training = model.training
     model.eval()
+    norms, forward = norm_modules(model), lambda: model(batch["tokens"])
     try:
-        return calibrate_alpha(
-            norm_modules(model), lambda: model(batch["tokens"]), constant_for_role, group
-        )
+        if match_rmsnorm:
+            return match_alpha(norms, forward, m.norm_eps, group)
+        return calibrate_alpha(norms, forward, constant_for_role, group)
     finally:
         model.train(was_training)
 

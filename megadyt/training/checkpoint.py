@@ -24,6 +24,7 @@ from megadyt.errors import MegadytError
 from megadyt.parallel.distributed import device, from_all_ranks, from_rank0
 from megadyt.training import reshard
 from megadyt.training.manifest import (
+    WEIGHTS_ONLY,
     check_files,
     read_manifest,
     verify_shared,
@@ -216,6 +217,8 @@ def load_checkpoint(
     tag_dir = run.tag_dir(tag)
     manifest = json.loads(manifest_file(tag_dir).read_text())
     _check_same_model(tag_dir, manifest.get("model"), model)
+    if manifest.get("kind") == WEIGHTS_ONLY:
+        return None  # the run's starting weights (`training.initial`), loaded before the engine
     saved_world, world = manifest["world_size"], dist.get_world_size()
     tp = parallel_state.get_tensor_model_parallel_world_size()
     if reshard.needs_universal(engine, tag_dir, saved_world, tp, world):

@@ -32,6 +32,10 @@ from megadyt.training.rundir import RunDir, manifest_file
 MANIFEST_FORMAT = 2
 HASH = "blake3"  # what new manifests use; cryptographic, so a swapped file is caught too
 HASHES: dict[str, Callable] = {"blake3": blake3.blake3, "sha256": hashlib.sha256}
+# What a checkpoint holds: DeepSpeed's whole engine state (what training saves), or only the
+# weights files (a run's starting point made elsewhere, `training.initial`). Older manifests
+# have no "kind": they are ENGINE.
+ENGINE, WEIGHTS_ONLY = "engine", "weights"
 Entries = dict[str, dict]  # relative path -> {"bytes": ..., HASH: hex digest}
 
 
@@ -61,9 +65,10 @@ def shares(sizes: dict[str, int], world: int) -> list[list[str]]:
     return out
 
 
-def write_manifest(tag_dir: Path, step: int, model: dict | None) -> None:
+def write_manifest(tag_dir: Path, step: int, model: dict | None, kind: str = ENGINE) -> None:
     """Hash the step directory across all ranks (a collective) and write its manifest on rank
-    0. A rank that cannot read its share raises on every rank, naming the file."""
+    0. A rank that cannot read its share raises on every rank, naming the file. `kind` says
+    what the checkpoint holds (`ENGINE` or `WEIGHTS_ONLY`)."""
     rank, world = _rank_and_world()
     listing = None
     if rank == 0:
@@ -88,6 +93,7 @@ def write_manifest(tag_dir: Path, step: int, model: dict | None) -> None:
             "step": step,
             "world_size": world,
             "model": model,
+            "kind": kind,
             "files": dict(sorted(merged.items())),
         }
         atomic_write_text(manifest_file(tag_dir), json.dumps(manifest, indent=1))

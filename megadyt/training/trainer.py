@@ -38,6 +38,7 @@ from megadyt.training.data import build_train_valid
 from megadyt.training.engine import build_engine
 from megadyt.training.evaluator import Evaluator, ZeroShotScorer
 from megadyt.training.guard import StepGuard
+from megadyt.training.initial import initial_checkpoint, load_initial_weights
 from megadyt.training.metrics import MetricsProcessor, MetricsWriter
 from megadyt.training.optim import lr_at
 from megadyt.training.provenance import RunRecord, check_resume, config_digest, describe
@@ -89,9 +90,13 @@ class Trainer:
         seed_everything(t.seed)
         model = build_model(cfg).to(device())
         self.norm_names = set(norm_parameter_names(model))
-        # α is calibrated on the plain model before DeepSpeed wraps it; never on a resume.
+        # α is calibrated on the plain model before DeepSpeed wraps it; never on a resume, nor
+        # on imported weights (a weights-only step 0, loaded here: they bring their own α).
         self.calibration = []
-        if wants_calibration(cfg) and not checkpoint.has_checkpoint(self.run_dir):
+        self.initial = initial_checkpoint(self.run_dir)
+        if self.initial is not None:
+            load_initial_weights(model, self.initial)
+        elif wants_calibration(cfg) and not checkpoint.has_checkpoint(self.run_dir):
             self.calibration = calibrate_model(cfg, model, train_data)
         self.engine = build_engine(cfg, model, self.norm_names)
         self.guard = StepGuard(t, self.run_dir.checkpoints)
@@ -198,6 +203,8 @@ class Trainer:
         )
         if resumed:
             writer.message(f"resumed from {self.checkpointer.tag_dir(first)}")
+        elif self.initial is not None:
+            writer.message(f"starting from the weights in {self.initial} with a new optimizer")
         elif self.calibration:
             log_calibration(
                 self.engine, self.norm_names, self.run_dir, self.cfg, self.calibration, writer

@@ -1,0 +1,137 @@
+"""`megadyt import-hf`: a Hugging Face LLaMA directory as a new run's step-0 checkpoint.
+
+`megadyt train` with the same config then continues from it (continued pretraining). With
+`--norm dyt|derf` an RMSNorm model is converted first (`training.norm_conversion`): γ kept, α
+calibrated on the config's training data, and the validation loss of the original and of the
+converted model reported before any training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from megadyt.cli.main import add_config_arguments
+from megadyt.config import load_config
+from megadyt.errors import MegadytError
+
+HELP = "start a run from a Hugging Face LLaMA directory (optionally converting RMSNorm to DyT/Derf)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--model", required=True, help="a transformers LLaMA directory")
+    parser.add_argument("--output", required=True, help="the new run directory (run.dir)")
+    parser.add_argument(
+        "--norm",
+        choices=["dyt", "derf"],
+        help="convert an RMSNorm model to this norm (sets model.norm; α calibrated on data)",
+    )
+
+
+def _single_process(cfg):
+    """The config as the import runs it: one process, TP=1, no ZeRO."""
+    parallel = dataclasses.replace(cfg.parallel, tp=1, sp=False, zero_stage=0)
+    return dataclasses.replace(cfg, parallel=parallel)
+
+
+def _check_norms(source: str, target: str, requested: str | None) -> bool:
+    """Whether the import converts norms; refuses pairs it cannot map."""
+    if source == target:
+        return False
+    if source == "rmsnorm" and requested == target:
+        return True
+    how = f"--norm {target}" if source == "rmsnorm" else f"--set model.norm={source}"
+    raise MegadytError(
+        f"the Hugging Face model has {source} norms and the config model.norm={target}; use {how}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = [*args.overrides, f"run.dir={args.output}"]
+    cfg = load_config(args.config, overrides + ([f"model.norm={args.norm}"] if args.norm else []))
+
+    from megadyt.interop.hf_import import HFCheckpoint, check_config
+
+    hf = HFCheckpoint(args.model)
+    check_config(hf, cfg.model)
+    converting = _check_norms(hf.norm, cfg.model.norm, args.norm)
+    if Path(args.output).exists():
+        raise MegadytError(f"{args.output} exists; import into a new run directory")
+
+    from megadyt.parallel.distributed import destroy_distributed, init_distributed
+
+    init_distributed(tp=1)
+    try:
+        return _import(cfg, hf, converting)
+    finally:
+        destroy_distributed()
+
+
+def _import(cfg, hf, converting: bool) -> int:
+    from megadyt.interop.hf_import import read_megadyt_tensors
+    from megadyt.model import build_model
+    from megadyt.parallel.distributed import seed_everything
+    from megadyt.parallel.tp_shards import tp_layout
+    from megadyt.training.initial import write_initial_run
+    from megadyt.training.norm_conversion import fill_new_parameters
+
+    single = _single_process(cfg)
+    seed_everything(cfg.train.seed)
+    # initialised although every value is replaced: megatron-core tags the TP-split
+    # parameters (tp_layout, which splits the weights for the config's TP) only when it does
+    model = build_model(single)
+    expected = {n: p.shape for n, p in model.named_parameters()}
+    state = dict(read_megadyt_tensors(hf, single.model, expected))
+    original = dict(state)
+    if converting:
+        fill_new_parameters(state, expected)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise MegadytError(
+            f"{hf.folder} has no tensor for {missing[0]} (and {len(missing) - 1} more) of a "
+            f"model.norm={cfg.model.norm} model: is the config's norm the model's?"
+        )
+    model.load_state_dict(state, strict=False)
+    record = {"source": str(hf.folder.resolve()), "from_norm": hf.norm, "norm": cfg.model.norm}
+    if converting:
+        record["conversion"] = _convert(single, model, original)
+    weights = {n: p.detach() for n, p in model.named_parameters()}
+    tag_dir = write_initial_run(cfg.run.dir, cfg, weights, tp_layout(model), record)
+    total = sum(t.numel() for t in weights.values())
+    print(
+        f"imported {hf.folder} -> {tag_dir} ({total:,} parameters, TP={cfg.parallel.tp}, "
+        f"model.norm={cfg.model.norm}); continue with: megadyt train --config ... "
+        f"--set run.dir={cfg.run.dir}"
+    )
+    return 0
+
+
+def _convert(single, model, original_state: dict) -> dict:
+    """Calibrate the converted model's α and compare its validation loss with the original's."""
+    from megadyt.model import build_model
+    from megadyt.training.calibrate import calibrate_model, describe
+    from megadyt.training.data import build_train_valid
+    from megadyt.training.norm_conversion import validation_loss
+
+    train_data, valid_data = build_train_valid(single)
+    records = calibrate_model(single, model, train_data, match_rmsnorm=True)
+    plain = dataclasses.replace(single.model, norm="rmsnorm", embedding_scale="off")
+    reference = build_model(dataclasses.replace(single, model=plain), perform_initialization=False)
+    reference.load_state_dict(original_state, strict=False)
+    t = single.train
+    samples = max(1, t.eval_iters * t.global_batch_size)
+    before = validation_loss(reference, valid_data, samples, t.micro_batch_size)
+    after = validation_loss(model, valid_data, samples, t.micro_batch_size)
+    print(f"calibrated α: {describe(records)}")
+    print(
+        f"validation loss before training ({samples} samples): rmsnorm original {before:.4f}, "
+        f"converted {single.model.norm} {after:.4f} ({after - before:+.4f})"
+    )
+    return {
+        "validation_samples": samples,
+        "validation_loss_original": before,
+        "validation_loss_converted": after,
+        "calibration": [r.to_dict() for r in records],
+    }

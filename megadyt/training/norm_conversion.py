@@ -1,0 +1,51 @@
+"""Turning a pretrained RMSNorm model into a DyT/Derf one (`megadyt import-hf --norm dyt`).
+
+Each RMSNorm computes γ·x/rms(x); its DyT replacement computes γ·tanh(αx) (Derf: γ·erf(αx+s)).
+For inputs in tanh's linear range that is γ·αx, so the replacement keeps γ and needs α close
+to 1/rms of what the norm sees, which calibration measures (`norms.calibration`: α = c/std of
+each norm's input on one micro-batch, in forward order, every later norm measured downstream of
+the already converted ones). Everything else starts where it changes nothing: β = 0, Derf's
+s = 0, and the embedding scalar, which the RMSNorm model never had, at 1. What is left is the
+difference between a per-token normalisation and one fixed scale per norm; `validation_loss`
+of the original and the converted model says how large it is before any training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megadyt.training.data import collate
+from megadyt.training.step import loss_of
+
+# parameters an RMSNorm model does not have, and the value that leaves its function unchanged
+# (α is calibrated afterwards; 1 is only its placeholder)
+NEUTRAL_VALUES = {"alpha": 1.0, "shift": 0.0, "bias": 0.0, "embedding_scale": 1.0}
+
+
+def fill_new_parameters(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Size]
+) -> list[str]:
+    """Add to `state` every parameter of `expected` it lacks, at its neutral value; returns
+    their names. A lacking parameter with no neutral value is left out (the caller refuses)."""
+    added = []
+    for name, shape in expected.items():
+        leaf = name.rsplit(".", 1)[-1]
+        if name not in state and leaf in NEUTRAL_VALUES:
+            state[name] = torch.full(shape, NEUTRAL_VALUES[leaf])
+            added.append(name)
+    return added
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, valid_data, samples: int, micro_batch: int) -> float:
+    """Mean token loss of `model` on validation samples 0..samples-1 (in micro-batches)."""
+    was_training = model.training
+    model.eval()
+    try:
+        losses = [
+            loss_of(model, collate(valid_data, range(i, min(i + micro_batch, samples)))).item()
+            for i in range(0, samples, micro_batch)
+        ]
+    finally:
+        model.train(was_training)
+    return sum(losses) / len(losses)
