@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from megadyt.atomic import atomic_output, atomic_write_text
+from megadyt.errors import MegadytError
 
 HELP = "a checkpoint as one TP=1 weights file (+ config YAML), or as a transformers directory"
 
@@ -38,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="hf: the dtype of the exported weights (default float32)",
     )
     parser.add_argument(
+        "--max-shard-size",
+        type=float,
+        default=5.0,
+        metavar="GB",
+        help="hf: the largest safetensors shard in GB (default 5, transformers' own); the "
+        "export holds about one shard in memory",
+    )
+    parser.add_argument(
         "--no-tokenizer",
         action="store_true",
         help="hf: write no tokenizer.json (by default one is written, after checking that it "
@@ -62,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "hf":
         return _export_hf(cfg, state, out, args, source)
     with atomic_output(out) as tmp:
-        torch.save(state, tmp)
+        torch.save(dict(state), tmp)
     atomic_write_text(out.with_suffix(".yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     total = sum(t.numel() for t in state.values())
     print(f"exported {source} -> {out} ({total:,} parameters, TP=1)")
@@ -78,7 +87,11 @@ def _export_hf(cfg, state: dict, out: Path, args: argparse.Namespace, source: st
     texts = [] if args.no_tokenizer else heldout_texts(cfg.data.cache_dir)
     ids = [i if i >= 0 else None for i in (tokenizer.bos_id, tokenizer.eos_id)]
     model_path = None if args.no_tokenizer else tokenizer.model_path
-    summary = write_hf_export(cfg, state, out, args.dtype, TokenizerSource(model_path, *ids, texts))
+    spec = TokenizerSource(model_path, *ids, texts)
+    if args.max_shard_size <= 0:
+        raise MegadytError(f"--max-shard-size {args.max_shard_size} must be positive")
+    shard_bytes = int(args.max_shard_size * 10**9)
+    summary = write_hf_export(cfg, state, out, args.dtype, spec, shard_bytes)
     how = (
         "transformers' LlamaForCausalLM"
         if summary.plain_llama

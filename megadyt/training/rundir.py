@@ -14,7 +14,9 @@
         rng_rankNNNNN.pt         every generator's state, one file per rank
         weights/tp_rank_NN.pt    each TP shard's layout, and its weights where DeepSpeed's
                                  files do not hold them (`training.weights`)
-        ...                      DeepSpeed's model and optimizer files
+        ...                      DeepSpeed's model and optimizer files; a run started by
+                                 `megadyt import-hf` has a step_0000000 with the weights
+                                 files only (manifest kind "weights", `training.initial`)
     RUN/checkpoints/universal/step_NNNNNNN/
                                  DeepSpeed's universal form of that checkpoint, made when a
                                  run resumes it on another data-parallel size

@@ -23,11 +23,12 @@ from megadyt.errors import MegadytError
 ALLOWED_GLOBALS = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
-def safe_load(path: str | Path, map_location=None):
-    """`torch.load` that refuses any pickled object outside tensors and ALLOWED_GLOBALS."""
+def safe_load(path: str | Path, map_location=None, mmap: bool = False):
+    """`torch.load` that refuses any pickled object outside tensors and ALLOWED_GLOBALS;
+    `mmap`: tensors stay in the memory-mapped file until read (readers of a few tensors)."""
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         detail = str(exc).strip().splitlines()[0][:200]
         raise MegadytError(

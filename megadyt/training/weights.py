@@ -10,12 +10,14 @@ parameter (`keeps_weights_copy`):
   checkpoint are read from DeepSpeed's file, checked against the same manifest;
 - ZeRO-3: DeepSpeed's files hold only partitions, so every save writes the gathered TP shards.
 
-`load_tp1_weights` merges the shards into a TP=1 state dict; every file is loaded with
-`weights_only=True`.
+`load_tp1_weights` gives the TP=1 state as `MergedWeights`: the files are memory-mapped and
+each tensor is merged from its shards when it is read, so an export that goes tensor by tensor
+never holds the whole model. Every file is loaded with `weights_only=True`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import deepspeed
@@ -67,10 +69,27 @@ def save_tp_shard(engine, cfg: Config, tag_dir: Path, with_weights: bool) -> Non
         torch.save(payload, tmp)
 
 
-def load_tp1_weights(
-    path: str | Path, verify: bool = True
-) -> tuple[Config, dict[str, torch.Tensor]]:
-    """(the run's config with parallel.tp=1, sp off; the merged full state dict).
+class MergedWeights(Mapping):
+    """The TP=1 state of a checkpoint's TP shards (memory-mapped), each tensor merged when read:
+    reading it twice merges twice. `dict(weights)` materialises the whole state."""
+
+    def __init__(self, shards: list[dict]) -> None:
+        self.shards, self.layout = shards, shards[0]["layout"]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        split = self.layout[name]
+        parts = [shard["state"][name] for shard in self.shards]
+        return parts[0] if split is None else merge_tensor(parts, *split)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layout)
+
+    def __len__(self) -> int:
+        return len(self.layout)
+
+
+def load_tp1_weights(path: str | Path, verify: bool = True) -> tuple[Config, MergedWeights]:
+    """(the run's config with parallel.tp=1, sp off; the merged full state, read lazily).
 
     The weights files are checked against the checkpoint's manifest first, as a resume checks
     the whole checkpoint; `verify=False` reads them unchecked (the CLI's --no-verify)."""
@@ -80,17 +99,13 @@ def load_tp1_weights(
     files = weights_files(tag_dir)
     if not files:
         raise MegadytError(f"checkpoint {tag_dir} has no {WEIGHTS_DIR}/tp_rank_*.pt files")
-    shards = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+    shards = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
     tp = shards[0]["tp"]
     if len(shards) != tp:
         raise MegadytError(f"checkpoint {tag_dir} has {len(shards)} of {tp} TP weight shards")
     for rank, shard in enumerate(shards):
         _fill_weights(tag_dir, rank, shard, verify)
-    merged = {}
-    for name, split in shards[0]["layout"].items():
-        parts = [s["state"][name] for s in shards]
-        merged[name] = parts[0] if split is None else merge_tensor(parts, *split)
-    return _eval_config(shards[0], tp=1), merged
+    return _eval_config(shards[0], tp=1), MergedWeights(shards)
 
 
 def load_tp_shard(
@@ -148,8 +163,8 @@ def _module_weights(path: Path, shard: dict) -> dict[str, torch.Tensor]:
             f"checkpoint file {path} is missing: this checkpoint keeps its weights in "
             "DeepSpeed's model-state files; restore it"
         )
-    module = safe_load(path, map_location="cpu")["module"]
+    module = safe_load(path, map_location="cpu", mmap=True)["module"]
     missing = [n for n in shard["layout"] if n not in module]
     if missing:
         raise MegadytError(f"checkpoint file {path} lacks parameter {missing[0]}")
-    return {n: module[n].detach().clone() for n in shard["layout"]}
+    return {n: module[n].detach() for n in shard["layout"]}
