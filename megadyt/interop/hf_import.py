@@ -116,11 +116,35 @@ def check_config(hf: HFCheckpoint, model: ModelConfig) -> None:
             f"{hf.folder}/config.json has rms_norm_eps={eps} but the config has "
             f"model.norm_eps={model.norm_eps} (--set model.norm_eps={eps})"
         )
+    _check_computation(hf, model)
     theta = (hf.config.get("rope_parameters") or {}).get("rope_theta", hf.config.get("rope_theta"))
     if theta is not None and float(theta) != float(model.rotary_base):
         raise MegadytError(
             f"{hf.folder}/config.json has rope_theta={theta} but the config has "
             f"model.rotary_base={model.rotary_base} (--set model.rotary_base={int(theta)})"
+        )
+
+
+def _check_computation(hf: HFCheckpoint, model: ModelConfig) -> None:
+    """Refuse what the shapes do not show: RoPE scaling (LLaMA 3.1's "llama3", YaRN, ...),
+    an activation other than SiLU, a head size other than hidden / heads."""
+    rope = hf.config.get("rope_parameters") or hf.config.get("rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind != "default":
+        raise MegadytError(
+            f"{hf.folder}/config.json uses RoPE scaling {kind!r}; megadyt's rotary embedding has "
+            "none, so the imported model would compute something else"
+        )
+    if hf.config.get("hidden_act", "silu") != "silu":
+        raise MegadytError(
+            f"{hf.folder}/config.json has hidden_act={hf.config['hidden_act']!r}; megadyt's "
+            "LLaMA uses SwiGLU (silu)"
+        )
+    head_dim = hf.config.get("head_dim") or model.hidden_size // model.num_attention_heads
+    if head_dim * model.num_attention_heads != model.hidden_size:
+        raise MegadytError(
+            f"{hf.folder}/config.json has head_dim={head_dim}, not hidden_size / heads = "
+            f"{model.hidden_size // model.num_attention_heads}, which megadyt's attention needs"
         )
 
 
