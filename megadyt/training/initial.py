@@ -70,7 +70,10 @@ def initial_checkpoint(run: RunDir) -> Path | None:
     tag = run.latest_tag()
     if tag is None or not manifest_file(run.tag_dir(tag)).is_file():
         return None
-    manifest = read_manifest(run.tag_dir(tag))
+    try:
+        manifest = read_manifest(run.tag_dir(tag))
+    except MegadytError:
+        return None  # the resume's own verification reports it (and may fall back)
     return run.tag_dir(tag) if manifest.get("kind") == WEIGHTS_ONLY else None
 
 
