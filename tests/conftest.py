@@ -95,6 +95,16 @@ class TokenSource:
         return {"tokens": x[:-1], "labels": x[1:], "loss_mask": mask}
 
 
+@pytest.fixture(scope="module")
+def tp1_distributed():
+    """A single-process TP=1 distributed state for a test module's in-process models."""
+    from megadyt.parallel.distributed import destroy_distributed, init_distributed
+
+    init_distributed(tp=1)
+    yield
+    destroy_distributed()
+
+
 def small_config(overrides: list[str], base: list[str] = SMALL_TRAINING):
     """The validated Config of `base` (no YAML file) plus `overrides`."""
     from megadyt.config import load_config

@@ -19,17 +19,10 @@ from megadyt.config import load_config
 from megadyt.errors import MegadytError
 from megadyt.interop import hf_export, hf_layout
 from megadyt.model import build_model
-from megadyt.parallel.distributed import destroy_distributed, init_distributed, seed_everything
+from megadyt.parallel.distributed import seed_everything
 
 IDS_ONLY = hf_export.TokenizerSource(None, 1, 2, [])  # BOS/EOS ids for the configs, no files
 TOKENS = torch.randint(0, 256, (2, 19), generator=torch.Generator().manual_seed(4))
-
-
-@pytest.fixture(scope="module")
-def distributed():
-    init_distributed(tp=1)
-    yield
-    destroy_distributed()
 
 
 def _model(norm: str, groups: int):
@@ -67,7 +60,7 @@ def _megadyt_logits(model):
 
 @pytest.mark.parametrize("groups", [4, 2], ids=["mha", "gqa"])
 @pytest.mark.parametrize("norm", ["rmsnorm", "dyt", "derf"])
-def test_transformers_computes_megadyts_logits(distributed, tmp_path, norm, groups):
+def test_transformers_computes_megadyts_logits(tp1_distributed, tmp_path, norm, groups):
     cfg, model = _model(norm, groups)
     summary = _export(cfg, model, tmp_path / "hf")
     hf_model, logits = _hf_logits(tmp_path / "hf")
@@ -85,7 +78,7 @@ def test_transformers_computes_megadyts_logits(distributed, tmp_path, norm, grou
         )
 
 
-def test_a_wrong_qkv_split_changes_the_logits(distributed, tmp_path, monkeypatch):
+def test_a_wrong_qkv_split_changes_the_logits(tp1_distributed, tmp_path, monkeypatch):
     """The check above can fail: key and value heads swapped in the split give other logits."""
     cfg, model = _model("dyt", 2)
     right = hf_layout.split_qkv
@@ -100,7 +93,7 @@ def test_a_wrong_qkv_split_changes_the_logits(distributed, tmp_path, monkeypatch
     assert float((logits - _megadyt_logits(model)).abs().max()) > 1e-2
 
 
-def test_shards_and_their_index_hold_every_tensor_once(distributed, tmp_path):
+def test_shards_and_their_index_hold_every_tensor_once(tp1_distributed, tmp_path):
     cfg, model = _model("derf", 2)
     summary = _export(cfg, model, tmp_path / "hf", shard_bytes=50_000)
     index = json.loads((tmp_path / "hf" / hf_export.INDEX_FILE).read_text())
@@ -115,7 +108,7 @@ def test_shards_and_their_index_hold_every_tensor_once(distributed, tmp_path):
     assert float((logits - _megadyt_logits(model)).abs().max()) <= 1e-4
 
 
-def test_bad_input_is_refused_by_name(distributed, tmp_path):
+def test_bad_input_is_refused_by_name(tp1_distributed, tmp_path):
     cfg, model = _model("dyt", 4)
     state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     (tmp_path / "taken").mkdir()

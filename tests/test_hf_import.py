@@ -22,18 +22,11 @@ from megadyt.config import load_config
 from megadyt.errors import MegadytError
 from megadyt.interop import hf_config, hf_export, hf_import, hf_layout
 from megadyt.model import build_model
-from megadyt.parallel.distributed import destroy_distributed, init_distributed, seed_everything
+from megadyt.parallel.distributed import init_distributed, seed_everything
 from megadyt.parallel.tp_shards import tp_layout
 
 IDS_ONLY = hf_export.TokenizerSource(None, 1, 2, [])
 TOKENS = torch.randint(0, 256, (2, 19), generator=torch.Generator().manual_seed(4))
-
-
-@pytest.fixture(scope="module")
-def distributed():
-    init_distributed(tp=1)
-    yield
-    destroy_distributed()
 
 
 def _config(norm: str, groups: int, *extra: str):
@@ -64,7 +57,7 @@ def _imported(folder, cfg, model) -> dict:
 
 
 @pytest.mark.parametrize("norm", ["rmsnorm", "dyt", "derf"])
-def test_megadyt_to_hf_and_back_is_bitwise_both_ways(distributed, tmp_path, norm):
+def test_megadyt_to_hf_and_back_is_bitwise_both_ways(tp1_distributed, tmp_path, norm):
     cfg = _config(norm, 2)
     model = _model(cfg)
     hf_export.write_hf_export(cfg, _state(model), tmp_path / "a", "float32", IDS_ONLY, 40_000)
@@ -77,7 +70,7 @@ def test_megadyt_to_hf_and_back_is_bitwise_both_ways(distributed, tmp_path, norm
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_a_swapped_kv_merge_is_caught(distributed, tmp_path, monkeypatch):
+def test_a_swapped_kv_merge_is_caught(tp1_distributed, tmp_path, monkeypatch):
     cfg = _config("dyt", 2)
     model = _model(cfg)
     hf_export.write_hf_export(cfg, _state(model), tmp_path / "a", "float32", IDS_ONLY)
@@ -89,7 +82,7 @@ def test_a_swapped_kv_merge_is_caught(distributed, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_a_model_transformers_saved_imports_with_its_logits(distributed, tmp_path, tied):
+def test_a_model_transformers_saved_imports_with_its_logits(tp1_distributed, tmp_path, tied):
     """An outside reference: transformers' own LlamaForCausalLM (random init, GQA), saved by
     save_pretrained, gives the same logits as the megadyt model imported from it."""
     cfg = _config("rmsnorm", 2)
@@ -105,7 +98,7 @@ def test_a_model_transformers_saved_imports_with_its_logits(distributed, tmp_pat
     assert float(diff) <= 1e-4
 
 
-def test_the_step0_checkpoint_splits_for_tp2_and_merges_back_bitwise(distributed, tmp_path):
+def test_the_step0_checkpoint_splits_for_tp2_and_merges_back_bitwise(tp1_distributed, tmp_path):
     from megadyt.training.initial import initial_checkpoint, write_initial_run
     from megadyt.training.rundir import RunDir, weights_files
     from megadyt.training.weights import load_tp1_weights
@@ -123,7 +116,7 @@ def test_the_step0_checkpoint_splits_for_tp2_and_merges_back_bitwise(distributed
         write_initial_run(cfg.run.dir, cfg, _state(model), tp_layout(model), {})
 
 
-def test_bad_directories_are_refused_by_name(distributed, tmp_path):
+def test_bad_directories_are_refused_by_name(tp1_distributed, tmp_path):
     cfg = _config("rmsnorm", 2)
     model = _model(cfg)
     folder = tmp_path / "hf"
@@ -152,7 +145,7 @@ def test_bad_directories_are_refused_by_name(distributed, tmp_path):
         hf_import.HFCheckpoint(folder)
 
 
-def test_a_tensor_of_the_wrong_shape_is_named(distributed, tmp_path):
+def test_a_tensor_of_the_wrong_shape_is_named(tp1_distributed, tmp_path):
     from safetensors.torch import save_file
 
     cfg = _config("rmsnorm", 4)
@@ -227,7 +220,7 @@ def _tp2_loss_from_initial(rank: int, world_size: int, tag_dir: str) -> float:
 
 
 @pytest.mark.multiprocess
-def test_a_tp1_import_trains_at_tp2_with_the_same_function(distributed, tmp_path):
+def test_a_tp1_import_trains_at_tp2_with_the_same_function(tp1_distributed, tmp_path):
     """`load_initial_weights` (what `megadyt train` runs on an imported run) re-splits a
     checkpoint written for TP=1 when the run uses TP=2: the loss is the TP=1 model's."""
     from megadyt.parallel.testing import run_distributed

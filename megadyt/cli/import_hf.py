@@ -70,34 +70,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _import(cfg, hf, converting: bool) -> int:
-    from megadyt.interop.hf_import import read_megadyt_tensors
     from megadyt.model import build_model
     from megadyt.parallel.distributed import seed_everything
     from megadyt.parallel.tp_shards import tp_layout
     from megadyt.training.initial import write_initial_run
-    from megadyt.training.norm_conversion import fill_new_parameters
 
     single = _single_process(cfg)
     seed_everything(cfg.train.seed)
     # initialised although every value is replaced: megatron-core tags the TP-split
     # parameters (tp_layout, which splits the weights for the config's TP) only when it does
     model = build_model(single)
-    expected = {n: p.shape for n, p in model.named_parameters()}
-    state = dict(read_megadyt_tensors(hf, single.model, expected))
-    original = dict(state)
-    if converting:
-        fill_new_parameters(state, expected)
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise MegadytError(
-            f"{hf.folder} has no tensor for {missing[0]} (and {len(missing) - 1} more) of a "
-            f"model.norm={cfg.model.norm} model: is the config's norm the model's?"
-        )
-    model.load_state_dict(state, strict=False)
+    weights = {n: p.detach() for n, p in model.named_parameters()}
+    imported = _read_into(hf, single.model, weights, converting)
     record = {"source": str(hf.folder.resolve()), "from_norm": hf.norm, "norm": cfg.model.norm}
     if converting:
+        original = {n: t for n, t in weights.items() if n in imported}
         record["conversion"] = _convert(single, model, original)
-    weights = {n: p.detach() for n, p in model.named_parameters()}
     tag_dir = write_initial_run(cfg.run.dir, cfg, weights, tp_layout(model), record)
     total = sum(t.numel() for t in weights.values())
     print(
@@ -106,6 +94,29 @@ def _import(cfg, hf, converting: bool) -> int:
         f"--set run.dir={cfg.run.dir}"
     )
     return 0
+
+
+def _read_into(hf, model_cfg, weights: dict, converting: bool) -> set[str]:
+    """Copy the directory's tensors into the model's parameters one at a time (the model plus
+    one tensor in memory); a conversion sets the parameters RMSNorm lacks to their neutral
+    values. Returns the names read from the directory."""
+    from megadyt.interop.hf_import import read_megadyt_tensors
+    from megadyt.training.norm_conversion import neutral_value
+
+    expected = {n: t.shape for n, t in weights.items()}
+    imported = set()
+    for name, tensor in read_megadyt_tensors(hf, model_cfg, expected):
+        weights[name].copy_(tensor)
+        imported.add(name)
+    for name in sorted(set(weights) - imported):
+        value = neutral_value(name) if converting else None
+        if value is None:
+            raise MegadytError(
+                f"{hf.folder} has no tensor for {name} of a model.norm={model_cfg.norm} model: "
+                "is the config's norm the model's?"
+            )
+        weights[name].fill_(value)
+    return imported
 
 
 def _convert(single, model, original_state: dict) -> dict:

@@ -13,7 +13,7 @@ from megadyt.data.tokenizer import Tokenizer, load_tokenizer
 from megadyt.errors import MegadytError
 from megadyt.model.llama import build_model
 from megadyt.parallel.distributed import from_all_ranks, init_distributed, seed_everything
-from megadyt.training.weights import load_tp1_weights, load_tp_shard
+from megadyt.training.weights import load_into, load_tp1_weights, load_tp_shard
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -49,13 +49,7 @@ def load_checkpoint_model(
         cfg, state = _load_own_shard(checkpoint, tp, verify)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, perform_initialization=False)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    if missing or unexpected:
-        raise MegadytError(
-            f"checkpoint {checkpoint} does not match its config: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
-        )
+    load_into(model, state, f"checkpoint {checkpoint}")
     model = model.to(device=resolve_device(device), dtype=dtype)
     model.eval()
     return model, cfg

@@ -25,7 +25,7 @@ from megadyt.errors import MegadytError
 from megadyt.parallel.tp_shards import shard_state_dict, shard_tensor
 from megadyt.training.manifest import WEIGHTS_ONLY, read_manifest, write_manifest
 from megadyt.training.rundir import RunDir, manifest_file, tag_for, weights_file, weights_files
-from megadyt.training.weights import load_tp1_weights, load_tp_shard
+from megadyt.training.weights import load_into, load_tp1_weights, load_tp_shard
 
 
 def write_initial_run(
@@ -45,7 +45,7 @@ def write_initial_run(
         tag_dir = run.tag_dir(tag)
         for rank in range(tp):
             shard = {
-                name: tensor.clone() if layout[name] is None
+                name: tensor if layout[name] is None  # saved as is: no copy of the model
                 else shard_tensor(tensor, *layout[name], rank, tp)
                 for name, tensor in state.items()
             }  # fmt: skip
@@ -87,10 +87,4 @@ def load_initial_weights(model: torch.nn.Module, tag_dir: Path) -> None:
     else:
         _, full = load_tp1_weights(tag_dir)
         state = shard_state_dict(full, model, rank, tp)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    if missing or unexpected:
-        raise MegadytError(
-            f"the weights in {tag_dir} do not fit the config's model (missing {missing[:2]}, "
-            f"unexpected {unexpected[:2]}); train it with the config it was imported with"
-        )
+    load_into(model, state, f"the weights in {tag_dir}")

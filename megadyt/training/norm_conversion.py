@@ -22,18 +22,10 @@ from megadyt.training.step import loss_of
 NEUTRAL_VALUES = {"alpha": 1.0, "shift": 0.0, "bias": 0.0, "embedding_scale": 1.0}
 
 
-def fill_new_parameters(
-    state: dict[str, torch.Tensor], expected: dict[str, torch.Size]
-) -> list[str]:
-    """Add to `state` every parameter of `expected` it lacks, at its neutral value; returns
-    their names. A lacking parameter with no neutral value is left out (the caller refuses)."""
-    added = []
-    for name, shape in expected.items():
-        leaf = name.rsplit(".", 1)[-1]
-        if name not in state and leaf in NEUTRAL_VALUES:
-            state[name] = torch.full(shape, NEUTRAL_VALUES[leaf])
-            added.append(name)
-    return added
+def neutral_value(name: str) -> float | None:
+    """The value that leaves an RMSNorm model's function unchanged for parameter `name`, which
+    the RMSNorm model lacks (None: it should have had it)."""
+    return NEUTRAL_VALUES.get(name.rsplit(".", 1)[-1])
 
 
 @torch.no_grad()

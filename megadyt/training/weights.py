@@ -69,6 +69,18 @@ def save_tp_shard(engine, cfg: Config, tag_dir: Path, with_weights: bool) -> Non
         torch.save(payload, tmp)
 
 
+def load_into(model: torch.nn.Module, state, source: str) -> None:
+    """Load a state (dict or MergedWeights) into `model`, all of it or a one-line error naming
+    `source` (what the weights are, for the message) and the first names that do not fit."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise MegadytError(
+            f"{source} does not fit the config's model: missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}; use the config it was saved (or imported) with"
+        )
+
+
 class MergedWeights(Mapping):
     """The TP=1 state of a checkpoint's TP shards (memory-mapped), each tensor merged when read:
     reading it twice merges twice. `dict(weights)` materialises the whole state."""
