@@ -125,9 +125,9 @@ def test_bad_input_is_refused_by_name(tp1_distributed, tmp_path):
 
 
 def test_a_tokenizer_that_differs_from_sentencepiece_is_refused(tmp_path):
-    """The check before writing tokenizer.json can fail: a unigram SentencePiece model (the
-    BPE conversion does not reproduce it) is refused and nothing is written; and without the
-    prepended word-start marker, the built-in tokenizer differs on text with leading spaces."""
+    """A unigram SentencePiece model (the BPE conversion does not reproduce it) is refused and
+    nothing is written; and the text check can fail: without the prepended word-start marker,
+    the built-in tokenizer differs on text without leading spaces."""
     import sentencepiece as spm
 
     from megadyt.data.builtin import heldout_texts, tokenizer_model_path
@@ -142,7 +142,7 @@ def test_a_tokenizer_that_differs_from_sentencepiece_is_refused(tmp_path):
         )  # fmt: skip
     folder = tmp_path / "out"
     folder.mkdir()
-    with pytest.raises(MegadytError, match="differs from SentencePiece"):
+    with pytest.raises(MegadytError, match="not an identity-normalised BPE model"):
         hf_tokenizer.write_tokenizer_files(folder, str(model), lines, 64)
     assert list(folder.iterdir()) == []
 

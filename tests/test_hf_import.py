@@ -166,10 +166,10 @@ def test_rmsnorm_run_converted_to_dyt_trains_on(tmp_path):
     """train RMSNorm -> export --format hf -> import-hf --norm dyt (report; saved for TP=2)
     -> train on (at TP=1: the shards are merged).
 
-    The converted model before training is within CONVERSION_TOLERANCE nats of the original's
-    validation loss (the remaining gap: a fixed α per norm cannot follow per-token scale), and
-    training from the import lowers its validation loss."""
-    tolerance = 1.0
+    The converted model before training is within `tolerance` nats of the original's
+    validation loss (the remaining gap: a fixed α per norm cannot follow per-token scale;
+    measured +0.17 here), and training from the import lowers its validation loss."""
+    tolerance = 0.4
     rms = train_tiny(tmp_path / "rms", "rmsnorm", ["train.steps=40", "train.eval_iters=2",
                                                   "train.global_batch_size=8"])  # fmt: skip
     env = clean_env()
@@ -214,7 +214,7 @@ def _tp2_loss_from_initial(rank: int, world_size: int, tag_dir: str) -> float:
     init_distributed(tp=2)
     cfg = _config("dyt", 2, "parallel.tp=2")
     model = build_model(cfg).eval()  # as the trainer builds it
-    load_initial_weights(model, Path(tag_dir))
+    load_initial_weights(model, Path(tag_dir), cfg.to_dict()["model"])
     with torch.no_grad():
         return float(model(TOKENS, labels=TOKENS).float().mean())
 
@@ -233,3 +233,35 @@ def test_a_tp1_import_trains_at_tp2_with_the_same_function(tp1_distributed, tmp_
         want = float(model(TOKENS, labels=TOKENS).float().mean())
     got = run_distributed(_tp2_loss_from_initial, world_size=2, tag_dir=str(tag_dir))
     assert got[0] == pytest.approx(want, rel=1e-5) and got[1] == pytest.approx(want, rel=1e-5)
+
+
+def test_an_imported_run_refuses_another_model_and_a_fallback_to_its_weights(
+    tp1_distributed, tmp_path
+):
+    """Training an imported run with another model config is one line naming the difference;
+    a resume whose fallback would land on the imported step 0 (the trainer did not load those
+    weights: `latest` named a later step) is refused instead of training a fresh model."""
+    from megadyt.training import checkpoint
+    from megadyt.training.initial import load_initial_weights, write_initial_run
+    from megadyt.training.manifest import write_manifest
+    from megadyt.training.rundir import RunDir
+
+    cfg = _config("dyt", 2, f"run.dir={tmp_path / 'run'}")
+    model = _model(cfg)
+    tag_dir = write_initial_run(cfg.run.dir, cfg, _state(model), tp_layout(model), {})
+    other = _config("rmsnorm", 2)
+    with pytest.raises(MegadytError, match="norm='dyt' there vs 'rmsnorm' here"):
+        load_initial_weights(build_model(other), tag_dir, other.to_dict()["model"])
+
+    run = RunDir(cfg.run.dir)
+    later = run.tag_dir("step_0000002")
+    later.mkdir()
+    (later / "data.pt").write_bytes(b"engine state")
+    write_manifest(later, 2, cfg.to_dict()["model"])
+    (later / "data.pt").write_bytes(b"damaged!!!!!")
+    run.publish_latest("step_0000002")
+    identity = cfg.to_dict()["model"]
+    with pytest.raises(MegadytError, match="resume-fallback"):
+        checkpoint.load_checkpoint(None, run, fallback=False, model=identity)
+    with pytest.raises(MegadytError, match=re.escape(f"is {tag_dir}, the run's imported weights")):
+        checkpoint.load_checkpoint(None, run, fallback=True, model=identity)

@@ -70,10 +70,11 @@ def run(args: argparse.Namespace) -> int:
     source = f"step {checkpoint_step(tag_dir)} ({tag_dir}, {checked})"
     if args.format == "hf":
         return _export_hf(cfg, state, out, args, source)
+    merged = dict(state)  # the .pt holds the whole merged state
     with atomic_output(out) as tmp:
-        torch.save(dict(state), tmp)
+        torch.save(merged, tmp)
     atomic_write_text(out.with_suffix(".yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    total = sum(t.numel() for t in state.values())
+    total = sum(t.numel() for t in merged.values())
     print(f"exported {source} -> {out} ({total:,} parameters, TP=1)")
     return 0
 

@@ -125,12 +125,13 @@ def _convert(single, model, original_state: dict) -> dict:
     from megadyt.training.calibrate import calibrate_model, describe
     from megadyt.training.data import build_train_valid
     from megadyt.training.norm_conversion import validation_loss
+    from megadyt.training.weights import load_into
 
     train_data, valid_data = build_train_valid(single)
     records = calibrate_model(single, model, train_data, match_rmsnorm=True)
     plain = dataclasses.replace(single.model, norm="rmsnorm", embedding_scale="off")
     reference = build_model(dataclasses.replace(single, model=plain), perform_initialization=False)
-    reference.load_state_dict(original_state, strict=False)
+    load_into(reference, original_state, f"the RMSNorm original of {single.run.dir}")
     t = single.train
     samples = max(1, t.eval_iters * t.global_batch_size)
     before = validation_loss(reference, valid_data, samples, t.micro_batch_size)

@@ -95,7 +95,8 @@ def write_hf_export(
     if out.exists():
         raise MegadytError(f"{out} exists; export into a new directory (or delete it first)")
     m = cfg.model
-    tensors = hf_tensors(state, m)  # refuses unknown or missing tensors before writing
+    tensors = hf_tensors(state, m)  # a generator: unknown or missing tensors are refused on
+    # its first read, inside the temporary directory (removed on any error)
     bos_id, eos_id = tokenizer.bos_id, tokenizer.eos_id
     with atomic_output(out) as tmp:
         folder = Path(tmp)

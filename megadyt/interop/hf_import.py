@@ -86,7 +86,13 @@ class HFCheckpoint:
         return set(self.files)
 
     def read(self, name: str) -> torch.Tensor:
-        return self._handle(self.files[name]).get_tensor(name)
+        try:
+            return self._handle(self.files[name]).get_tensor(name)
+        except Exception as exc:  # noqa: BLE001 - safetensors' errors have no common base
+            raise MegadytError(
+                f"cannot read {name} from {self.folder / self.files[name]} ({exc}); restore or "
+                "re-download it"
+            ) from None
 
     @property
     def norm(self) -> str:

@@ -11,7 +11,8 @@ with `tokenizers` instead, from the same vocabulary and merges (transformers'
 - nothing is added around the text (no BOS), as megadyt trains: documents are separated by EOS,
   which is also the prefix token for scoring (lm-eval's `prefix_token_id`).
 
-The special pieces are registered but, with `split_special_tokens`, a literal "</s>" in a text
+The special pieces are registered but, with `split_special_tokens` (tokenizer_config.json; a
+user of the bare `tokenizers` library sets `encode_special_tokens`), a literal "</s>" in a text
 is spelled out as SentencePiece does instead of becoming the EOS id. `first_difference` is the
 check `write_tokenizer_files` runs before it writes anything.
 """
@@ -48,6 +49,7 @@ def build_hf_tokenizer(model_path: str):
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
+    _check_model_kind(model_path)
     processor = spm.SentencePieceProcessor(model_file=model_path)
     extracted = SentencePieceExtractor(model_path).extract(models.BPE)
     unk = processor.id_to_piece(processor.unk_id())
@@ -77,6 +79,27 @@ def build_hf_tokenizer(model_path: str):
     )
     tokenizer.encode_special_tokens = True  # literal "</s>" in text stays text
     return tokenizer
+
+
+def _check_model_kind(model_path: str) -> None:
+    """Refuse what this conversion does not reproduce and a text check might miss: a model
+    that is not BPE, or that normalises text (NFKC folds e.g. full-width letters) or collapses
+    whitespace. megadyt's and LLaMA's models are identity-normalised BPE with a dummy prefix."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(model_path, "rb") as handle:
+        proto.ParseFromString(handle.read())
+    spec, kind = proto.normalizer_spec, proto.trainer_spec.model_type
+    if (
+        kind != sentencepiece_model_pb2.TrainerSpec.BPE
+        or spec.name != "identity"
+        or (spec.remove_extra_whitespaces or not spec.add_dummy_prefix)
+    ):
+        raise MegadytError(
+            f"tokenizer {model_path} is not an identity-normalised BPE model with a dummy prefix "
+            f"(model type {kind}, normalizer {spec.name!r}); export it with --no-tokenizer"
+        )
 
 
 def first_difference(tokenizer, model_path: str, texts: Iterable[str]) -> str | None:
@@ -130,7 +153,13 @@ def write_tokenizer_files(
     """Build, check against SentencePiece on `check_texts` (plus `EDGE_CASES`), then write
     tokenizer.json and tokenizer_config.json into `folder`; returns the number of texts
     checked. A difference is a MegadytError and nothing is written."""
-    tokenizer = build_hf_tokenizer(model_path)
+    from tokenizers import Tokenizer
+
+    built = build_hf_tokenizer(model_path)
+    # check what is written: the JSON read back (`encode_special_tokens` is not saved in it;
+    # transformers sets it from tokenizer_config's `split_special_tokens`)
+    tokenizer = Tokenizer.from_str(built.to_str())
+    tokenizer.encode_special_tokens = True
     texts = [*EDGE_CASES, *check_texts]
     difference = first_difference(tokenizer, model_path, texts)
     if difference is not None:

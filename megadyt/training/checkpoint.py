@@ -188,7 +188,7 @@ def choose_checkpoint(run: RunDir, fallback: bool) -> tuple[str | None, str | No
     return None, f"{first_error}; no earlier complete checkpoint verifies either", None
 
 
-def _check_same_model(tag_dir: Path, saved: dict | None, model: dict | None) -> None:
+def check_same_model(tag_dir: Path, saved: dict | None, model: dict | None) -> None:
     """A checkpoint of another model (e.g. DyT loaded into an RMSNorm config) is refused."""
     if not saved or not model:
         return
@@ -216,8 +216,13 @@ def load_checkpoint(
         print(f"megadyt: warning: {note}", flush=True)
     tag_dir = run.tag_dir(tag)
     manifest = json.loads(manifest_file(tag_dir).read_text())
-    _check_same_model(tag_dir, manifest.get("model"), model)
+    check_same_model(tag_dir, manifest.get("model"), model)
     if manifest.get("kind") == WEIGHTS_ONLY:
+        if tag != from_rank0(run.latest_tag()):  # a fallback: the model holds other weights
+            raise MegadytError(
+                f"the only checkpoint that verifies is {tag_dir}, the run's imported weights; "
+                f"to restart from them, write {tag} into {run.latest_file} and rerun"
+            )
         return None  # the run's starting weights (`training.initial`), loaded before the engine
     saved_world, world = manifest["world_size"], dist.get_world_size()
     tp = parallel_state.get_tensor_model_parallel_world_size()

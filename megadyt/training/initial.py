@@ -23,6 +23,7 @@ from megadyt.atomic import atomic_output
 from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
 from megadyt.parallel.tp_shards import shard_state_dict, shard_tensor
+from megadyt.training.checkpoint import check_same_model
 from megadyt.training.manifest import WEIGHTS_ONLY, read_manifest, write_manifest
 from megadyt.training.rundir import RunDir, manifest_file, tag_for, weights_file, weights_files
 from megadyt.training.weights import load_into, load_tp1_weights, load_tp_shard
@@ -77,9 +78,11 @@ def initial_checkpoint(run: RunDir) -> Path | None:
     return run.tag_dir(tag) if manifest.get("kind") == WEIGHTS_ONLY else None
 
 
-def load_initial_weights(model: torch.nn.Module, tag_dir: Path) -> None:
+def load_initial_weights(model: torch.nn.Module, tag_dir: Path, identity: dict) -> None:
     """Load a weights-only checkpoint into this rank's (plain, not yet wrapped) model: its own
-    TP shard when the sizes match, else the merged weights re-split for this TP size."""
+    TP shard when the sizes match, else the merged weights re-split for this TP size. A model
+    other than `identity` (the config's `model` section) is refused first, by name."""
+    check_same_model(tag_dir, read_manifest(tag_dir).get("model"), identity)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
     if len(weights_files(tag_dir)) == tp:

@@ -30,6 +30,9 @@ from megadyt.parallel.distributed import from_all_ranks, from_rank0
 from megadyt.training.rundir import RunDir, manifest_file
 
 MANIFEST_FORMAT = 2
+# A weights-only manifest is format 3: a megadyt that predates it refuses it by name ("upgrade")
+# instead of handing DeepSpeed a checkpoint without engine state. Engine manifests stay 2.
+WEIGHTS_ONLY_FORMAT = 3
 HASH = "blake3"  # what new manifests use; cryptographic, so a swapped file is caught too
 HASHES: dict[str, Callable] = {"blake3": blake3.blake3, "sha256": hashlib.sha256}
 # What a checkpoint holds: DeepSpeed's whole engine state (what training saves), or only the
@@ -88,7 +91,7 @@ def write_manifest(tag_dir: Path, step: int, model: dict | None, kind: str = ENG
     if rank == 0:
         merged = {rel: meta for part, _ in gathered for rel, meta in part.items()}
         manifest = {
-            "format": MANIFEST_FORMAT,
+            "format": MANIFEST_FORMAT if kind == ENGINE else WEIGHTS_ONLY_FORMAT,
             "hash": HASH,
             "step": step,
             "world_size": world,
@@ -112,10 +115,11 @@ def read_manifest(tag_dir: Path) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise MegadytError(f"cannot read {path} ({exc}); restore the checkpoint") from exc
     manifest.setdefault("hash", "sha256")  # format 1 predates the field
-    if manifest["hash"] not in HASHES or manifest.get("format", 1) > MANIFEST_FORMAT:
+    if manifest["hash"] not in HASHES or manifest.get("format", 1) > WEIGHTS_ONLY_FORMAT:
         raise MegadytError(
             f"{path} is format {manifest.get('format')} hashed with {manifest['hash']}; this "
-            f"megadyt reads format {MANIFEST_FORMAT} and older, with {', '.join(HASHES)}: upgrade"
+            f"megadyt reads format {WEIGHTS_ONLY_FORMAT} and older, with {', '.join(HASHES)}: "
+            "upgrade"
         )
     return manifest
 

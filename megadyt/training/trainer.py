@@ -95,7 +95,7 @@ class Trainer:
         self.calibration = []
         self.initial = initial_checkpoint(self.run_dir)
         if self.initial is not None:
-            load_initial_weights(model, self.initial)
+            load_initial_weights(model, self.initial, cfg.to_dict()["model"])
         elif wants_calibration(cfg) and not checkpoint.has_checkpoint(self.run_dir):
             self.calibration = calibrate_model(cfg, model, train_data)
         self.engine = build_engine(cfg, model, self.norm_names)

@@ -93,6 +93,9 @@ class MergedWeights(Mapping):
         parts = [shard["state"][name] for shard in self.shards]
         return parts[0] if split is None else merge_tensor(parts, *split)
 
+    def __contains__(self, name: object) -> bool:  # without merging (Mapping's would read it)
+        return name in self.layout
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.layout)
 
@@ -132,7 +135,7 @@ def load_tp_shard(
         _verified(verify_listed, tag_dir, [str(own.relative_to(tag_dir))])
     if not own.is_file():
         raise MegadytError(f"checkpoint {tag_dir} has no {own.relative_to(tag_dir)}")
-    shard = torch.load(own, map_location="cpu", weights_only=True)
+    shard = torch.load(own, map_location="cpu", weights_only=True, mmap=True)
     if shard["tp"] != tp:
         raise MegadytError(
             f"checkpoint {tag_dir} was saved at tensor-parallel size {shard['tp']}; evaluate it "
