@@ -207,32 +207,42 @@ def test_rmsnorm_run_converted_to_dyt_trains_on(tmp_path):
     assert after < converted
 
 
-def _tp2_loss_from_initial(rank: int, world_size: int, tag_dir: str) -> float:
-    """This rank's loss of TP=2 model loaded from a TP=1 weights-only checkpoint."""
+def _tp2_losses_from_initial(rank: int, world_size: int, tag_dirs: list[str]) -> list[float]:
+    """This rank's loss of a TP=2 model loaded (as the trainer loads it) from each
+    weights-only checkpoint."""
     from megadyt.training.initial import load_initial_weights
 
     init_distributed(tp=2)
     cfg = _config("dyt", 2, "parallel.tp=2")
-    model = build_model(cfg).eval()  # as the trainer builds it
-    load_initial_weights(model, Path(tag_dir), cfg.to_dict()["model"])
-    with torch.no_grad():
-        return float(model(TOKENS, labels=TOKENS).float().mean())
+    losses = []
+    for tag_dir in tag_dirs:
+        model = build_model(cfg).eval()  # as the trainer builds it
+        load_initial_weights(model, Path(tag_dir), cfg.to_dict()["model"])
+        with torch.no_grad():
+            losses.append(float(model(TOKENS, labels=TOKENS).float().mean()))
+    return losses
 
 
 @pytest.mark.multiprocess
-def test_a_tp1_import_trains_at_tp2_with_the_same_function(tp1_distributed, tmp_path):
-    """`load_initial_weights` (what `megadyt train` runs on an imported run) re-splits a
-    checkpoint written for TP=1 when the run uses TP=2: the loss is the TP=1 model's."""
+def test_imports_for_tp1_and_tp2_train_at_tp2_with_the_same_function(tp1_distributed, tmp_path):
+    """`load_initial_weights` (what `megadyt train` runs on an imported run) at TP=2: from a
+    checkpoint written for TP=2 (each rank reads its own shard) and from one written for TP=1
+    (merged and re-split), the loss is the TP=1 model's."""
     from megadyt.parallel.testing import run_distributed
     from megadyt.training.initial import write_initial_run
 
-    cfg = _config("dyt", 2, f"run.dir={tmp_path / 'run'}")
-    model = _model(cfg)
-    tag_dir = write_initial_run(cfg.run.dir, cfg, _state(model), tp_layout(model), {})
+    model = _model(_config("dyt", 2))
+    tag_dirs = []
+    for tp in (2, 1):
+        cfg = _config("dyt", 2, f"parallel.tp={tp}", f"run.dir={tmp_path / f'tp{tp}'}")
+        tag_dirs.append(
+            str(write_initial_run(cfg.run.dir, cfg, _state(model), tp_layout(model), {}))
+        )
     with torch.no_grad():
         want = float(model(TOKENS, labels=TOKENS).float().mean())
-    got = run_distributed(_tp2_loss_from_initial, world_size=2, tag_dir=str(tag_dir))
-    assert got[0] == pytest.approx(want, rel=1e-5) and got[1] == pytest.approx(want, rel=1e-5)
+    got = run_distributed(_tp2_losses_from_initial, world_size=2, tag_dirs=tag_dirs)
+    assert all(loss == pytest.approx(want, rel=1e-5) for losses in got for loss in losses)
+    assert len(got) == 2 and all(len(losses) == 2 for losses in got)
 
 
 def test_an_imported_run_refuses_another_model_and_a_fallback_to_its_weights(
