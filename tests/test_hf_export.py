@@ -148,9 +148,10 @@ def test_a_tokenizer_that_differs_from_sentencepiece_is_refused(tmp_path):
 
     builtin = tokenizer_model_path("builtin:stdlib", str(ROOT / "data_cache"))
     tokenizer = hf_tokenizer.build_hf_tokenizer(builtin)
-    assert hf_tokenizer.first_difference(tokenizer, builtin, lines) is None
+    processor = spm.SentencePieceProcessor(model_file=builtin)
+    assert hf_tokenizer.first_difference(tokenizer, processor, lines) is None
     from tokenizers import normalizers
 
     tokenizer.normalizer = normalizers.Replace(" ", hf_tokenizer.WORD_START)
-    found = hf_tokenizer.first_difference(tokenizer, builtin, ["x = 1", "    return x"])
+    found = hf_tokenizer.first_difference(tokenizer, processor, ["x = 1", "    return x"])
     assert found is not None and found.startswith("'x = 1'")

@@ -124,7 +124,7 @@ def _convert(single, model, original_state: dict) -> dict:
     from megadyt.model import build_model
     from megadyt.training.calibrate import calibrate_model, describe
     from megadyt.training.data import build_train_valid
-    from megadyt.training.norm_conversion import validation_loss
+    from megadyt.training.evaluator import Evaluator
     from megadyt.training.weights import load_into
 
     train_data, valid_data = build_train_valid(single)
@@ -132,10 +132,9 @@ def _convert(single, model, original_state: dict) -> dict:
     plain = dataclasses.replace(single.model, norm="rmsnorm", embedding_scale="off")
     reference = build_model(dataclasses.replace(single, model=plain), perform_initialization=False)
     load_into(reference, original_state, f"the RMSNorm original of {single.run.dir}")
-    t = single.train
-    samples = max(1, t.eval_iters * t.global_batch_size)
-    before = validation_loss(reference, valid_data, samples, t.micro_batch_size)
-    after = validation_loss(model, valid_data, samples, t.micro_batch_size)
+    evaluator = Evaluator(single, valid_data)  # the samples training's validation loss reads
+    samples = single.train.eval_iters * single.train.global_batch_size
+    before, after = evaluator.validation_loss(reference), evaluator.validation_loss(model)
     print(f"calibrated α: {describe(records)}")
     print(
         f"validation loss before training ({samples} samples): rmsnorm original {before:.4f}, "

@@ -18,19 +18,20 @@ import torch
 
 from megadyt.config.schema import ModelConfig
 from megadyt.errors import MegadytError
-from megadyt.interop.hf_config import MODEL_TYPE
+from megadyt.interop.hf_config import MODEL_TYPE, llama_config
 from megadyt.interop.hf_layout import megadyt_tensors
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-# config.json key -> (megadyt model key, its value in the megadyt config)
+# config.json's shape keys -> the megadyt model key that sets each (`hf_config.llama_config`
+# owns the values; this names the `--set` that would match a directory)
 SHAPE_KEYS = {
-    "vocab_size": ("vocab_size", lambda m: m.vocab_size),
-    "hidden_size": ("hidden_size", lambda m: m.hidden_size),
-    "intermediate_size": ("ffn_hidden_size", lambda m: m.ffn_hidden_size),
-    "num_hidden_layers": ("num_layers", lambda m: m.num_layers),
-    "num_attention_heads": ("num_attention_heads", lambda m: m.num_attention_heads),
-    "num_key_value_heads": ("num_query_groups", lambda m: m.kv_heads),
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "intermediate_size": "ffn_hidden_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_attention_heads",
+    "num_key_value_heads": "num_query_groups",
 }
 
 
@@ -109,12 +110,14 @@ def check_config(hf: HFCheckpoint, model: ModelConfig) -> None:
         raise MegadytError(
             f"{hf.folder}/config.json has model_type {kind!r}; megadyt imports LLaMA models"
         )
-    for key, (ours, value) in SHAPE_KEYS.items():
+    ours = llama_config(model)
+    for key, name in SHAPE_KEYS.items():
         theirs = hf.config.get(key, hf.config.get("num_attention_heads"))
-        if theirs != value(model):
+        if theirs != getattr(ours, key):
             raise MegadytError(
-                f"{hf.folder}/config.json has {key}={theirs} but the config has model.{ours}="
-                f"{value(model)}; use a config of this model's shape (--set model.{ours}={theirs})"
+                f"{hf.folder}/config.json has {key}={theirs} but the config has model.{name}="
+                f"{getattr(ours, key)}; use a config of this model's shape (--set model.{name}="
+                f"{theirs})"
             )
     eps = hf.config.get("rms_norm_eps", model.norm_eps)
     if kind == "llama" and eps != model.norm_eps:

@@ -102,12 +102,9 @@ def _check_model_kind(model_path: str) -> None:
         )
 
 
-def first_difference(tokenizer, model_path: str, texts: Iterable[str]) -> str | None:
-    """The first text whose ids (or decoded ids) differ from SentencePiece's, described in a
-    line; None when all agree."""
-    import sentencepiece as spm
-
-    processor = spm.SentencePieceProcessor(model_file=model_path)
+def first_difference(tokenizer, processor, texts: Iterable[str]) -> str | None:
+    """The first text whose ids (or decoded ids) differ from those of `processor` (a loaded
+    SentencePieceProcessor), described in a line; None when all agree."""
     texts = list(texts)
     for text, encoding in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False)):
         expected = processor.encode(text)
@@ -122,12 +119,9 @@ def first_difference(tokenizer, model_path: str, texts: Iterable[str]) -> str | 
     return None
 
 
-def tokenizer_config(model_path: str, max_length: int) -> dict:
+def tokenizer_config(processor, max_length: int) -> dict:
     """tokenizer_config.json: the generic fast tokenizer over tokenizer.json (not
     LlamaTokenizer, which would rebuild the pre-tokenization), no BOS/EOS added."""
-    import sentencepiece as spm
-
-    processor = spm.SentencePieceProcessor(model_file=model_path)
 
     def piece(i: int) -> str | None:
         return processor.id_to_piece(i) if i >= 0 else None
@@ -153,21 +147,23 @@ def write_tokenizer_files(
     """Build, check against SentencePiece on `check_texts` (plus `EDGE_CASES`), then write
     tokenizer.json and tokenizer_config.json into `folder`; returns the number of texts
     checked. A difference is a MegadytError and nothing is written."""
+    import sentencepiece as spm
     from tokenizers import Tokenizer
 
+    processor = spm.SentencePieceProcessor(model_file=model_path)
     built = build_hf_tokenizer(model_path)
     # check what is written: the JSON read back (`encode_special_tokens` is not saved in it;
     # transformers sets it from tokenizer_config's `split_special_tokens`)
     tokenizer = Tokenizer.from_str(built.to_str())
     tokenizer.encode_special_tokens = True
     texts = [*EDGE_CASES, *check_texts]
-    difference = first_difference(tokenizer, model_path, texts)
+    difference = first_difference(tokenizer, processor, texts)
     if difference is not None:
         raise MegadytError(
             f"the Hugging Face tokenizer built from {model_path} differs from SentencePiece: "
             f"{difference}; export with --no-tokenizer and tokenize with SentencePiece"
         )
     tokenizer.save(str(folder / TOKENIZER_FILE))
-    config = tokenizer_config(model_path, max_length)
+    config = tokenizer_config(processor, max_length)
     (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return len(texts)

@@ -6,16 +6,12 @@ to 1/rms of what the norm sees, which calibration measures (`norms.calibration`:
 each norm's input on one micro-batch, in forward order, every later norm measured downstream of
 the already converted ones). Everything else starts where it changes nothing: β = 0, Derf's
 s = 0, and the embedding scalar, which the RMSNorm model never had, at 1. What is left is the
-difference between a per-token normalisation and one fixed scale per norm; `validation_loss`
-of the original and the converted model says how large it is before any training.
+difference between a per-token normalisation and one fixed scale per norm; the trainer's own
+validation loss (`Evaluator`) of the original and the converted model says how large it is
+before any training.
 """
 
 from __future__ import annotations
-
-import torch
-
-from megadyt.training.data import collate
-from megadyt.training.step import loss_of
 
 # parameters an RMSNorm model does not have, and the value that leaves its function unchanged
 # (α is calibrated afterwards; 1 is only its placeholder)
@@ -26,18 +22,3 @@ def neutral_value(name: str) -> float | None:
     """The value that leaves an RMSNorm model's function unchanged for parameter `name`, which
     the RMSNorm model lacks (None: it should have had it)."""
     return NEUTRAL_VALUES.get(name.rsplit(".", 1)[-1])
-
-
-@torch.no_grad()
-def validation_loss(model: torch.nn.Module, valid_data, samples: int, micro_batch: int) -> float:
-    """Mean token loss of `model` on validation samples 0..samples-1 (in micro-batches)."""
-    was_training = model.training
-    model.eval()
-    try:
-        losses = [
-            loss_of(model, collate(valid_data, range(i, min(i + micro_batch, samples)))).item()
-            for i in range(0, samples, micro_batch)
-        ]
-    finally:
-        model.train(was_training)
-    return sum(losses) / len(losses)
