@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import norm_peers  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from megadyt.norms import dispatch  # noqa: E402
-from megadyt.norms.functional import derf, dyt  # noqa: E402
+from megadyt.norms import derf, dyt  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RMS_EPS = 1e-5

@@ -47,7 +47,7 @@ def _norm_inputs(kind: str, shape, dtype, with_bias: bool, seed: int = 0):
 
 
 def _apply(kind: str, impl: str, t: dict):
-    from megadyt.norms.functional import derf, derf_reference, dyt, dyt_reference
+    from megadyt.norms import derf, derf_reference, dyt, dyt_reference
 
     if impl == "reference":
         if kind == "dyt":
@@ -128,12 +128,18 @@ def test_triton_kernels_match_fp64_formula(kind, case, dtype):
 
 def test_auto_picks_triton_for_cuda_tensors():
     from megadyt.norms import dispatch
+    from megadyt.norms.derf import ERF
+    from megadyt.norms.dyt import TANH
+    from megadyt.norms.squashing import SquashingFunction
 
     x = torch.zeros(8, 64, device="cuda", dtype=torch.bfloat16)
     ones = torch.ones(1, device="cuda", dtype=torch.bfloat16)
     w = torch.ones(64, device="cuda", dtype=torch.bfloat16)
-    assert dispatch.resolve_impl("auto", x, ones, None, w, None) == "triton"
-    assert dispatch.resolve_impl("auto", x, ones, ones, w, w) == "triton"
+    assert dispatch.resolve_impl("auto", TANH, x, ones, None, w, None) == "triton"
+    assert dispatch.resolve_impl("auto", ERF, x, ones, ones, w, w) == "triton"
+    # a function without hand-written kernels: inductor generates them
+    atan = SquashingFunction("atan", lambda z, f: 1 / (1 + z * z))
+    assert dispatch.resolve_impl("auto", atan, x, ones, None, w, None) == "compiled"
 
 
 # ------------------------------------------------------------------------ attention, bf16

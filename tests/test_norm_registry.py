@@ -1,10 +1,10 @@
-"""The norm registry: every entry agrees with the module it builds, and every place that takes a
-norm name refuses an unknown one with a MegadytError instead of running some other norm."""
+"""The norm registry: every entry agrees with the module it builds, every place that takes a
+norm name refuses an unknown one with a MegadytError, and a new squashing norm needs nothing
+but its module and its entry."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 from pathlib import Path
 
@@ -18,8 +18,8 @@ from megadyt.config import ModelConfig, load_config
 from megadyt.errors import MegadytError
 from megadyt.model import build_model, count_parameters, norm_modules, norm_scalars
 from megadyt.model.llama import block_spec, norm_spec
-from megadyt.norms import dispatch, fused_cpu, norm_entry
-from megadyt.norms.registry import NORMS, entry_of, fused_kernels, has_embedding_scale
+from megadyt.norms import SquashingFunction, SquashingNorm, dispatch, fused_cpu, norm_entry
+from megadyt.norms.registry import NORMS, entry_of, has_embedding_scale, squashing_entry
 from megadyt.parallel.distributed import destroy_distributed, init_distributed, seed_everything
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny"
@@ -46,9 +46,9 @@ def assert_unknown(exc: pytest.ExceptionInfo) -> None:
 def test_registry_holds_the_three_norms():
     assert list(NORMS) == ["rmsnorm", "dyt", "derf"]
     assert [NORMS[n].squashing for n in NORMS] == [False, True, True]
-    assert NORMS["rmsnorm"].fused is None and NORMS["rmsnorm"].saturation is None
-    assert NORMS["derf"].fused.shift and NORMS["derf"].fused.triton_erf
-    assert not NORMS["dyt"].fused.shift and not NORMS["dyt"].fused.triton_erf
+    assert NORMS["rmsnorm"].function is None and not NORMS["rmsnorm"].has_shift
+    assert NORMS["derf"].function.name == "erf" and NORMS["derf"].has_shift
+    assert NORMS["dyt"].function.name == "tanh" and not NORMS["dyt"].has_shift
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -85,7 +85,7 @@ def test_saturation_statistic_matches_its_definition(name):
     u = 0.75 * x.float().double() + (0.25 if name == "derf" else 0.0)
     f = torch.erf if name == "derf" else torch.tanh
     slope = torch.func.vmap(torch.func.grad(f))(u.reshape(-1)).sum()
-    saturated, derivative = entry.saturation(u)
+    saturated, derivative = entry.function.saturation(u)
     assert saturated.item() == (u.abs() > 2).sum().item() > 0
     torch.testing.assert_close(derivative, slope)
     sums = module.saturation_sums(x.float())  # float32, as in training
@@ -126,52 +126,6 @@ def test_model_code_refuses_unknown_name():
         lambda: block_spec(model),
         lambda: count_parameters(model),
         lambda: has_embedding_scale(model),
-    ):
-        with pytest.raises(MegadytError) as exc:
-            call()
-        assert_unknown(exc)
-
-
-def _fused_args(n: int = 8):
-    x = torch.randn(4, n)
-    return x, torch.tensor([0.5]), torch.tensor([0.1]), torch.ones(n), None
-
-
-@pytest.mark.parametrize("impl", ["compiled", "triton"])
-def test_fused_dispatch_refuses_unknown_name_and_rmsnorm(impl):
-    """run_fused must never run another norm's kernel for a name it does not know."""
-    if impl == "triton" and dispatch.triton_backend() is None:
-        pytest.skip(f"triton does not import: {dispatch.triton_error()}")
-    x, alpha, shift, weight, bias = _fused_args()
-    with pytest.raises(MegadytError) as exc:
-        dispatch.run_fused(impl, UNKNOWN, x.requires_grad_(), alpha, shift, weight, bias)
-    assert_unknown(exc)
-    with pytest.raises(MegadytError, match="'rmsnorm' has no fused kernels"):
-        dispatch.run_fused(impl, "rmsnorm", x.detach(), alpha, shift, weight, bias)
-    with pytest.raises(MegadytError, match="'rmsnorm' has no fused kernels"):
-        fused_kernels("rmsnorm")
-
-
-def test_fused_cpu_backend_refuses_unknown_name():
-    x, alpha, shift, weight, bias = _fused_args()
-    with pytest.raises(MegadytError) as exc:
-        fused_cpu.forward(UNKNOWN, x, alpha, shift, weight, bias)
-    assert_unknown(exc)
-    with pytest.raises(MegadytError) as exc:
-        fused_cpu.backward(UNKNOWN, torch.ones_like(x), x, alpha, shift, weight)
-    assert_unknown(exc)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
-def test_fused_triton_backend_refuses_unknown_name():
-    """The name is looked up before any kernel launch, so this needs no GPU."""
-    backend = dispatch.triton_backend()
-    if backend is None:
-        pytest.skip(f"triton does not import: {dispatch.triton_error()}")
-    x, alpha, shift, weight, bias = _fused_args()
-    for call in (
-        lambda: backend.forward(UNKNOWN, x, alpha, shift, weight, bias),
-        lambda: backend.backward(UNKNOWN, torch.ones_like(x), x, alpha, shift, weight),
     ):
         with pytest.raises(MegadytError) as exc:
             call()
@@ -226,3 +180,85 @@ def test_norm_scalars(distributed, name, overrides):
     assert scalars == want
     assert ("model/embedding_scale" in scalars) == (name != "rmsnorm" or bool(overrides))
     assert "norm/alpha/final" in scalars or name == "rmsnorm"
+
+
+# ------------------------------------------------------------- a new norm from the registry
+
+
+class DynamicAtan(SquashingNorm):
+    """A throwaway squashing norm, γ·atan(αx+s)+β: only its function and class, no kernel code."""
+
+    function = SquashingFunction("atan", lambda z, f: 1.0 / (1.0 + z * z))
+    has_shift = True
+
+
+@pytest.fixture
+def datan(monkeypatch):
+    """The norm registered the way a real one is: one entry (and the config Literal, which
+    ModelConfig built directly does not check)."""
+    entry = squashing_entry("datan", DynamicAtan)
+    monkeypatch.setitem(NORMS, "datan", entry)
+    return entry
+
+
+def test_a_new_squashing_norm_needs_only_its_entry(distributed, datan):
+    """Spec, count, scalars, embedding scalar, the fused CPU path and its gradients, the
+    saturation statistic and the Hugging Face modeling file all follow from the entry."""
+    cfg = load_config(TINY / "dyt.yaml", ["model.norm_impl=compiled"])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, norm="datan"))
+    seed_everything(3)
+    model = build_model(cfg)
+    norms = norm_modules(model)
+    assert all(type(m) is DynamicAtan and m.impl == "compiled" for _, m in norms)
+    assert sum(p.numel() for p in model.parameters()) == count_parameters(cfg.model).total
+    scalars = norm_scalars(model)
+    assert {"norm/alpha/final", "norm/shift/final", "model/embedding_scale"} <= set(scalars)
+
+    # the compiled path (bodies built from f and f') against the plain formula
+    module = norms[0][1]
+    with torch.no_grad():
+        module.shift.fill_(0.2)
+    x = torch.randn(64, 2, cfg.model.hidden_size, requires_grad=True)
+    y = module(x)
+    assert type(y.grad_fn).__name__ == "_FusedElementwiseNormBackward"
+    y.square().sum().backward()
+    fused_grads = [x.grad.clone()] + [p.grad.clone() for p in module.parameters()]
+    for p in [x, *module.parameters()]:
+        p.grad = None
+    want = module.weight * torch.atan(module.alpha * x + module.shift)
+    want.square().sum().backward()
+    torch.testing.assert_close(y, want, rtol=2e-5, atol=2e-5)
+    for got, ref in zip(fused_grads, [x.grad] + [p.grad for p in module.parameters()]):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert any(key[0] is DynamicAtan.function for key in fused_cpu._compiled)
+
+    # the monitor's statistic is f' of the pre-activation
+    u = torch.linspace(-4, 4, 33)
+    saturated, slope = datan.function.saturation(u)
+    assert saturated.item() == (u.abs() > 2).sum().item()
+    torch.testing.assert_close(slope, (1 / (1 + u.double() ** 2)).sum(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="no kernels for f = atan"):
+        dispatch.resolve_impl(
+            "triton", DynamicAtan.function, x, *[module.alpha] * 2, module.weight, None
+        )
+
+
+def test_a_new_norm_exports_to_hugging_face(datan):
+    """The export's config names the torch function, and modeling_megadyt computes it."""
+    from megadyt.interop.hf_config import hf_config_dict, is_plain_llama
+    from megadyt.interop.modeling_megadyt import ElementwiseNorm
+
+    model = ModelConfig(norm="datan", hidden_size=16)
+    config = hf_config_dict(model, "float32", 1, 2)
+    assert not is_plain_llama(model)
+    assert (config["megadyt_function"], config["megadyt_norm_shift"]) == ("atan", True)
+    norm = ElementwiseNorm(16, config["megadyt_function"], config["megadyt_norm_shift"], False)
+    with torch.no_grad():
+        norm.alpha.fill_(0.7), norm.shift.fill_(-0.1)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(norm(x), torch.atan(0.7 * x - 0.1))
+
+
+def test_squashing_function_must_be_a_torch_function():
+    with pytest.raises(ValueError, match="not a torch function"):
+        SquashingFunction("no_such_function", lambda z, f: z)

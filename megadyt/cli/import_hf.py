@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from pathlib import Path
 
 from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
+from megadyt.config.schema import NormName
 from megadyt.errors import MegadytError
 
 HELP = "start a run from a Hugging Face LLaMA directory (optionally converting RMSNorm to DyT/Derf)"
@@ -25,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="the new run directory (run.dir)")
     parser.add_argument(
         "--norm",
-        choices=["dyt", "derf"],
-        help="convert an RMSNorm model to this norm (sets model.norm; α calibrated on data)",
+        choices=typing.get_args(NormName),
+        help="convert an RMSNorm model to this squashing norm (sets model.norm; α calibrated "
+        "on data)",
     )
 
 
@@ -38,11 +41,18 @@ def _single_process(cfg):
 
 def _check_norms(source: str, target: str, requested: str | None) -> bool:
     """Whether the import converts norms; refuses pairs it cannot map."""
+    from megadyt.norms.registry import LLAMA_NORM, squashing_norms
+
     if source == target:
         return False
-    if source == "rmsnorm" and requested == target:
+    if source == LLAMA_NORM and requested == target and target in squashing_norms():
         return True
-    how = f"--norm {target}" if source == "rmsnorm" else f"--set model.norm={source}"
+    if requested is not None and requested not in squashing_norms():
+        raise MegadytError(
+            f"--norm {requested}: conversion goes from {LLAMA_NORM} to a squashing norm "
+            f"({', '.join(squashing_norms())})"
+        )
+    how = f"--norm {target}" if source == LLAMA_NORM else f"--set model.norm={source}"
     raise MegadytError(
         f"the Hugging Face model has {source} norms and the config model.norm={target}; use {how}"
     )
@@ -129,7 +139,9 @@ def _convert(single, model, original_state: dict) -> dict:
 
     train_data, valid_data = build_train_valid(single)
     records = calibrate_model(single, model, train_data, match_rmsnorm=True)
-    plain = dataclasses.replace(single.model, norm="rmsnorm", embedding_scale="off")
+    from megadyt.norms.registry import LLAMA_NORM
+
+    plain = dataclasses.replace(single.model, norm=LLAMA_NORM, embedding_scale="off")
     reference = build_model(dataclasses.replace(single, model=plain), perform_initialization=False)
     load_into(reference, original_state, f"the RMSNorm original of {single.run.dir}")
     evaluator = Evaluator(single, valid_data)  # the samples training's validation loss reads

@@ -2,14 +2,15 @@
 
 An RMSNorm model without the embedding scalar is exactly transformers' LLaMA, so its config is
 a plain `LlamaConfig` (no custom code to trust). Anything else (DyT, Derf, or RMSNorm with the
-scalar) names `modeling_megadyt.py` through `auto_map` and records the norm, its bias and the
-scalar. The serialisation is transformers' own (`to_dict`), so the keys match its version.
+scalar) names `modeling_megadyt.py` through `auto_map` and records the norm's function (a torch
+function name), whether it has a shift and a bias, and the scalar. The serialisation is
+transformers' own (`to_dict`), so the keys match its version.
 """
 
 from __future__ import annotations
 
 from megadyt.config.schema import ModelConfig
-from megadyt.norms.registry import has_embedding_scale
+from megadyt.norms.registry import LLAMA_NORM, has_embedding_scale, norm_entry
 
 MODELING_MODULE = "modeling_megadyt"
 MODEL_TYPE = "megadyt_llama"  # config.json's model_type for anything but a plain LLaMA
@@ -44,7 +45,7 @@ def llama_config(m: ModelConfig, **overrides):
 
 def is_plain_llama(m: ModelConfig) -> bool:
     """True when transformers' own LlamaForCausalLM is this model (no custom code needed)."""
-    return m.norm == "rmsnorm" and not has_embedding_scale(m)
+    return m.norm == LLAMA_NORM and not has_embedding_scale(m)
 
 
 def hf_config_dict(m: ModelConfig, dtype: str, bos_id: int | None, eos_id: int | None) -> dict:
@@ -54,12 +55,16 @@ def hf_config_dict(m: ModelConfig, dtype: str, bos_id: int | None, eos_id: int |
     if is_plain_llama(m):
         config["architectures"] = ["LlamaForCausalLM"]
         return config
+    entry = norm_entry(m.norm)
     config.update(
         architectures=["MegadytLlamaForCausalLM"],
         model_type=MODEL_TYPE,
         auto_map=dict(CUSTOM_CLASSES),
-        megadyt_norm=m.norm,
-        megadyt_norm_bias=bool(m.norm_bias) and m.norm != "rmsnorm",
+        megadyt_norm=m.norm,  # the name, for import-hf and for people reading config.json
+        # what modeling_megadyt computes: weight * torch.<function>(alpha * x (+ shift)) (+ bias)
+        megadyt_function=entry.function.name if entry.function else None,
+        megadyt_norm_shift=entry.has_shift,
+        megadyt_norm_bias=bool(m.norm_bias) and entry.squashing,
         megadyt_embedding_scale=has_embedding_scale(m),
     )
     return config

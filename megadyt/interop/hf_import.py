@@ -20,6 +20,7 @@ from megadyt.config.schema import ModelConfig
 from megadyt.errors import MegadytError
 from megadyt.interop.hf_config import MODEL_TYPE, llama_config
 from megadyt.interop.hf_layout import megadyt_tensors
+from megadyt.norms.registry import LLAMA_NORM
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -100,7 +101,7 @@ class HFCheckpoint:
         """The norm the model was trained with: RMSNorm for LLaMA, else megadyt's record."""
         if self.config.get("model_type") == MODEL_TYPE:
             return self.config.get("megadyt_norm", "dyt")
-        return "rmsnorm"
+        return LLAMA_NORM
 
 
 def check_config(hf: HFCheckpoint, model: ModelConfig) -> None:

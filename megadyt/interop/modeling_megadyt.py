@@ -5,7 +5,8 @@ an RMSNorm model with the embedding scalar); load it with
 `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`. It is transformers'
 LlamaForCausalLM with two changes, as trained by megadyt:
 - every norm slot (before attention, before the MLP, the final one) holds
-  y = weight * f(alpha * x + shift) + bias, with f = tanh (DyT: no shift) or erf (Derf), and no
+  y = weight * f(alpha * x + shift) + bias, with f the torch function `megadyt_function` names
+  (tanh for DyT, erf for Derf), a shift only where `megadyt_norm_shift` says so (Derf) and no
   bias unless the model was trained with one; computed in float32 for bf16/fp16 inputs;
 - the token embedding is multiplied by a learned scalar (`model.embed_tokens.scale`).
 This file imports only torch and transformers (>= MIN_TRANSFORMERS), never megadyt.
@@ -26,36 +27,40 @@ class MegadytLlamaConfig(LlamaConfig):
     def __init__(
         self,
         megadyt_norm: str = "dyt",
+        megadyt_function: str | None = "tanh",
+        megadyt_norm_shift: bool = False,
         megadyt_norm_bias: bool = False,
         megadyt_embedding_scale: bool = True,
         **kwargs,
     ) -> None:
-        self.megadyt_norm = megadyt_norm  # "dyt", "derf" or "rmsnorm" (LLaMA's own)
+        self.megadyt_norm = megadyt_norm  # the megadyt norm's name (a label only)
+        self.megadyt_function = megadyt_function  # None: LLaMA's own RMSNorm in every slot
+        self.megadyt_norm_shift = megadyt_norm_shift
         self.megadyt_norm_bias = megadyt_norm_bias
         self.megadyt_embedding_scale = megadyt_embedding_scale
         super().__init__(**kwargs)
 
 
 class ElementwiseNorm(nn.Module):
-    """DyT (tanh) or Derf (erf) in a norm slot: weight * f(alpha * x + shift) + bias."""
+    """A squashing norm in a norm slot: weight * f(alpha * x + shift) + bias, f = torch.<name>."""
 
-    def __init__(self, hidden_size: int, kind: str, bias: bool) -> None:
+    def __init__(self, hidden_size: int, function: str, shift: bool, bias: bool) -> None:
         super().__init__()
-        if kind not in ("dyt", "derf"):
-            raise ValueError(f"unknown megadyt norm {kind!r}: expected dyt or derf")
-        self.kind = kind
+        self.f = getattr(torch, function, None)
+        if not callable(self.f):
+            raise ValueError(f"megadyt_function {function!r} is not a torch function")
+        self.function = function
         self.alpha = nn.Parameter(torch.ones(1))
         self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.shift = nn.Parameter(torch.zeros(1)) if kind == "derf" else None
+        self.shift = nn.Parameter(torch.zeros(1)) if shift else None
         self.bias = nn.Parameter(torch.zeros(hidden_size)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
         z = self.alpha.to(dtype) * x.to(dtype)
-        if self.shift is None:
-            y = self.weight.to(dtype) * torch.tanh(z)
-        else:
-            y = self.weight.to(dtype) * torch.erf(z + self.shift.to(dtype))
+        if self.shift is not None:
+            z = z + self.shift.to(dtype)
+        y = self.weight.to(dtype) * self.f(z)
         if self.bias is not None:
             y = y + self.bias.to(dtype)
         return y.to(x.dtype)
@@ -79,11 +84,14 @@ class MegadytLlamaForCausalLM(LlamaForCausalLM):
     def __init__(self, config: MegadytLlamaConfig) -> None:
         super().__init__(config)
         inner = self.model
-        if config.megadyt_norm != "rmsnorm":
+        if config.megadyt_function is not None:
 
             def norm() -> ElementwiseNorm:
                 return ElementwiseNorm(
-                    config.hidden_size, config.megadyt_norm, config.megadyt_norm_bias
+                    config.hidden_size,
+                    config.megadyt_function,
+                    config.megadyt_norm_shift,
+                    config.megadyt_norm_bias,
                 )
 
             for layer in inner.layers:

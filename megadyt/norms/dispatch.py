@@ -1,4 +1,4 @@
-"""Choosing and running the DyT/Derf implementation: reference formula, compiled CPU, or Triton.
+"""Choosing and running a squashing norm's implementation: reference formula, compiled, Triton.
 
 Why a dispatcher: the fastest correct path depends on the tensor (device, dtype, size) and on
 what is installed. "auto" picks Triton for CUDA tensors when triton imports, torch.compile'd
@@ -16,6 +16,7 @@ from types import ModuleType
 import torch
 
 from megadyt.norms import fused_cpu
+from megadyt.norms.squashing import SquashingFunction
 
 IMPLS = ("auto", "reference", "compiled", "triton")
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -50,7 +51,7 @@ def triton_error() -> str | None:
 def validate_impl(impl: str) -> str:
     """`impl` if it is a known implementation name, else ValueError listing the valid ones."""
     if impl not in IMPLS:
-        raise ValueError(f"unknown DyT/Derf impl {impl!r}; valid values: {', '.join(IMPLS)}")
+        raise ValueError(f"unknown squashing-norm impl {impl!r}; valid values: {', '.join(IMPLS)}")
     return impl
 
 
@@ -70,13 +71,15 @@ def _fusable(x: torch.Tensor, alpha, shift, weight, bias) -> bool:
 
 def resolve_impl(
     impl: str,
+    function: SquashingFunction,
     x: torch.Tensor,
     alpha: torch.Tensor,
     shift: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> str:
-    """The implementation that will run: "reference", "compiled" or "triton"."""
+    """The implementation that will run: "reference", "compiled" or "triton". On CUDA, "auto"
+    takes the hand-written Triton kernels where `function` has them, else the compiled path."""
     validate_impl(impl)
     if impl == "reference" or (
         impl == "auto" and x.device.type == "cpu" and x.numel() < CPU_AUTO_MIN_NUMEL
@@ -89,6 +92,11 @@ def resolve_impl(
                 "impl='triton' needs the triton package (pip install 'megadyt[triton]'); "
                 f"importing it failed: {_triton_error}"
             )
+        if not backend.supports(function):
+            raise RuntimeError(
+                f"impl='triton' has no kernels for f = {function.name}; use impl='compiled' "
+                "(torch.compile generates Triton code for it) or 'auto'"
+            )
         if x.device.type != "cuda" and not backend.INTERPRETED:
             raise RuntimeError(
                 f"impl='triton' runs on CUDA tensors (got {x.device.type}); on CPU use "
@@ -100,8 +108,12 @@ def resolve_impl(
         if torch.compiler.is_compiling():
             return "reference"
         if x.device.type == "cuda":
-            return "triton" if triton_backend() is not None else "reference"
-        if x.device.type == "cpu" and fused_cpu.available():
+            backend = triton_backend()  # inductor needs triton on CUDA too
+            if backend is None:
+                return "reference"
+            if backend.supports(function):
+                return "triton"
+        if fused_cpu.available() and x.device.type in ("cpu", "cuda"):
             return "compiled"
         return "reference"
     if impl == "compiled" and not fused_cpu.available():
@@ -113,18 +125,18 @@ class _FusedElementwiseNorm(torch.autograd.Function):
     """y = γ·f(αx+s)+β through a backend module's forward/backward (see fused_cpu)."""
 
     @staticmethod
-    def forward(ctx, x, alpha, shift, weight, bias, kind, backend):
+    def forward(ctx, x, alpha, shift, weight, bias, function, backend):
         x2d = x.reshape(-1, x.shape[-1]).contiguous()
-        y = backend.forward(kind, x2d, alpha, shift, weight, bias)
+        y = backend.forward(function, x2d, alpha, shift, weight, bias)
         ctx.save_for_backward(x2d, alpha, shift, weight, bias)
-        ctx.kind, ctx.backend, ctx.x_shape = kind, backend, x.shape
+        ctx.function, ctx.backend, ctx.x_shape = function, backend, x.shape
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x2d, alpha, shift, weight, bias = ctx.saved_tensors
         dy2d = dy.reshape(x2d.shape).contiguous()
-        dx, da, ds, dw, db = ctx.backend.backward(ctx.kind, dy2d, x2d, alpha, shift, weight)
+        dx, da, ds, dw, db = ctx.backend.backward(ctx.function, dy2d, x2d, alpha, shift, weight)
         need = ctx.needs_input_grad
         return (
             dx.view(ctx.x_shape) if need[0] else None,
@@ -143,20 +155,19 @@ def _backend(impl: str) -> ModuleType:
 
 def run_fused(
     impl: str,
-    kind: str,
+    function: SquashingFunction,
     x: torch.Tensor,
     alpha: torch.Tensor,
     shift: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Run a resolved fused impl ("compiled" or "triton") of norm `kind`; autograd only when a
-    grad is needed. The backend looks `kind` up in the norm registry: an unknown name, or one
-    without fused kernels, raises MegadytError instead of running another norm's kernel."""
+    """Run a resolved fused impl ("compiled" or "triton") of y = γ·f(αx+s)+β; autograd only
+    when a grad is needed. The kernels receive `function` itself, never a name to look up."""
     backend = _backend(impl)
     inputs = (x, alpha, shift, weight, bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return _FusedElementwiseNorm.apply(x, alpha, shift, weight, bias, kind, backend)
+        return _FusedElementwiseNorm.apply(x, alpha, shift, weight, bias, function, backend)
     with torch.no_grad():  # as inside the Function (and one grad mode means one compiled graph)
         x2d = x.reshape(-1, x.shape[-1]).contiguous()
-        return backend.forward(kind, x2d, alpha, shift, weight, bias).view(x.shape)
+        return backend.forward(function, x2d, alpha, shift, weight, bias).view(x.shape)

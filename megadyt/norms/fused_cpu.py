@@ -1,4 +1,4 @@
-"""DyT/Derf forward and backward bodies compiled by torch.compile (inductor's C++ backend).
+"""Squashing-norm forward and backward bodies compiled by torch.compile (inductor's C++ backend).
 
 Why: eager DyT runs 3 ops forward (αx, tanh, γ·t+β) and ~8 backward, each reading and writing a
 full activation and allocating a fresh buffer -- on CPU the page faults of those allocations cost
@@ -7,8 +7,9 @@ as much as the math. Compiled, the forward is one loop (read x, write y) and the
 are also the eager fallback: identical math, just unfused. (On CUDA tensors, impl="compiled"
 runs the same bodies through inductor's Triton backend; "triton" is the hand-written kernels.)
 
-Compilation is lazy (first call per (kind, pass, dtypes) key), `dynamic=True` so new token
-counts do not recompile, and each key gets its own copy of the body's code object because
+The bodies are built from a `SquashingFunction` (f and f′), so every squashing norm has them.
+Compilation is lazy (first call per (function, shift, pass, dtypes) key), `dynamic=True` so new
+token counts do not recompile, and each key gets its own copy of the body's code object because
 dynamo's recompile limit is counted per code object. To keep the number of compiled graphs (and
 compile time) down, a missing bias is passed as zeros, and sizes 0/1 -- which dynamo would
 specialise and recompile for -- run the eager bodies (they are tiny). If compiling fails once
@@ -17,7 +18,6 @@ specialise and recompile for -- run the eager bodies (they are tiny). If compili
 
 from __future__ import annotations
 
-import math
 import types
 import warnings
 from collections.abc import Callable
@@ -25,46 +25,37 @@ from dataclasses import dataclass
 
 import torch
 
-_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+from megadyt.norms.squashing import SquashingFunction
 
 Grads = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]
 
 
-# ----------------------------------------------------------------- bodies (fp32 math, 2-D x)
+@dataclass(frozen=True)
+class CpuBodies:
+    """One squashing function's eager bodies: forward(x, α, s, γ, β) -> y;
+    backward_dx(dy, x, α, s, γ) -> (dx, dα per row, ds per row); backward_cols(dy, x, α, s) ->
+    (dγ, dβ). `s` may be None (a norm without shift)."""
+
+    forward: Callable
+    backward_dx: Callable
+    backward_cols: Callable
 
 
-def _tanh(z):
-    """tanh as a rational function (Eigen's ptanh_float): mul/add/div only, which inductor
-    vectorizes to ~4x the speed of its Sleef tanh. Max error ~3.3e-7 relative (torch.tanh
-    ~1.2e-7); exactly ±1 beyond |z| = 7.9, exactly z below |z| = 4e-4 (so ±0 and NaN pass).
-    """
-    x = z.clamp(-7.90531110763549805, 7.90531110763549805)
-    x2 = x * x
-    p = x2 * -2.76076847742355e-16 + 2.00018790482477e-13
-    p = p * x2 + -8.60467152213735e-11
-    p = p * x2 + 5.12229709037114e-08
-    p = p * x2 + 1.48572235717979e-05
-    p = p * x2 + 6.37261928875436e-04
-    p = (p * x2 + 4.89352455891786e-03) * x
-    q = x2 * 1.19825839466702e-06 + 1.18534705686654e-04
-    q = q * x2 + 2.26843463243900e-03
-    q = q * x2 + 4.89352518554385e-03
-    a = z.abs()
-    t = torch.where(a < 4e-4, z, p / q)
-    return torch.where(a > 7.90531110763549805, torch.sign(z), t)
+_bodies_cache: dict[SquashingFunction, CpuBodies] = {}
 
 
-def _dyt_forward(x, alpha, weight, bias):
-    return (weight.float() * _tanh(alpha.float() * x.float()) + bias.float()).to(x.dtype)
+def bodies_of(function: SquashingFunction) -> CpuBodies:
+    """The eager bodies of `function` (built once: each compiled key copies their code)."""
+    if function not in _bodies_cache:
+        _bodies_cache[function] = _bodies(function)
+    return _bodies_cache[function]
 
 
-def _derf_forward(x, alpha, shift, weight, bias):
-    z = alpha.float() * x.float() + shift.float()
-    return (weight.float() * torch.erf(z) + bias.float()).to(x.dtype)
-
-
-# The backward is two compiled functions, measured ~1.3-1.6x faster on CPU than one graph:
-# inductor fuses a graph with both into a single loop over columns (strided, cache-unfriendly).
+# ---------------------------------------------------------------- bodies (fp32 math, 2-D x)
+# Built per squashing function: f is its compiled form, df its derivative. `shift` is None for
+# norms without s (the graph then has no add). The backward is two compiled functions, measured
+# ~1.3-1.6x faster on CPU than one graph: inductor fuses a graph with both into a single loop
+# over columns (strided, cache-unfriendly).
 # 1) dx and, per row, the sums dα and ds need (rows are contiguous: a cheap inner reduction);
 # 2) dγ, dβ: sums over rows, recomputing f(αx+s) rather than storing it.
 
@@ -76,28 +67,28 @@ def _col_sum(v):
     return v.sum(0)
 
 
-def _dyt_backward_dx(dy, x, alpha, weight):
-    xf, a = x.float(), alpha.float()
-    t = _tanh(a * xf)
-    dz = dy.float() * weight.float() * (1.0 - t * t)  # dL/d(αx)
-    return (dz * a).to(x.dtype), (dz * xf).sum(1)
+def _preactivation(x, alpha, shift):
+    z = alpha.float() * x.float()
+    return z if shift is None else z + shift.float()
 
 
-def _dyt_backward_cols(dy, x, alpha):
-    g = dy.float()
-    return _col_sum(g * _tanh(alpha.float() * x.float())), _col_sum(g)
+def _bodies(function: SquashingFunction) -> CpuBodies:
+    f, df = function.compiled_form, function.derivative
 
+    def forward(x, alpha, shift, weight, bias):
+        return (weight.float() * f(_preactivation(x, alpha, shift)) + bias.float()).to(x.dtype)
 
-def _derf_backward_dx(dy, x, alpha, shift, weight):
-    xf, a = x.float(), alpha.float()
-    z = a * xf + shift.float()
-    dz = dy.float() * weight.float() * (_TWO_OVER_SQRT_PI * torch.exp(-z * z))  # dL/dz
-    return (dz * a).to(x.dtype), (dz * xf).sum(1), dz.sum(1)
+    def backward_dx(dy, x, alpha, shift, weight):
+        xf, a = x.float(), alpha.float()
+        z = _preactivation(x, alpha, shift)
+        dz = dy.float() * weight.float() * df(z, f(z))  # dL/dz, z = αx+s
+        return (dz * a).to(x.dtype), (dz * xf).sum(1), None if shift is None else dz.sum(1)
 
+    def backward_cols(dy, x, alpha, shift):
+        g = dy.float()
+        return _col_sum(g * f(_preactivation(x, alpha, shift))), _col_sum(g)
 
-def _derf_backward_cols(dy, x, alpha, shift):
-    g = dy.float()
-    return _col_sum(g * torch.erf(alpha.float() * x.float() + shift.float())), _col_sum(g)
+    return CpuBodies(forward, backward_dx, backward_cols)
 
 
 # ------------------------------------------------------------------------- compile and cache
@@ -159,47 +150,24 @@ def _run(key: tuple, body: Callable, x: torch.Tensor, *args):
 # ------------------------------------------------------------------------------ backend API
 
 
-@dataclass(frozen=True)
-class CpuBodies:
-    """One norm's eager bodies: forward(x, α, [s,] γ, β) -> y; backward_dx(dy, x, α, [s,] γ) ->
-    (dx, dα per row[, ds per row]); backward_cols(dy, x, α[, s]) -> (dγ, dβ). `s` is passed
-    only when the norm's registry entry says it has a shift."""
-
-    forward: Callable
-    backward_dx: Callable
-    backward_cols: Callable
-
-
-DYT = CpuBodies(_dyt_forward, _dyt_backward_dx, _dyt_backward_cols)
-DERF = CpuBodies(_derf_forward, _derf_backward_dx, _derf_backward_cols)
-
-
-def _kernels(kind: str):
-    # Imported here: the registry imports this module (through layers and dispatch).
-    from megadyt.norms.registry import fused_kernels
-
-    return fused_kernels(kind)  # MegadytError for an unknown norm or one without kernels
-
-
 def forward(
-    kind: str,
+    function: SquashingFunction,
     x: torch.Tensor,
     alpha: torch.Tensor,
     shift: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """y = γ·f(αx+s)+β for 2-D contiguous `x`, in x's dtype; `kind` is a registered norm name."""
-    kernels = _kernels(kind)
+    """y = γ·f(αx+s)+β for 2-D contiguous `x`, in x's dtype."""
     if bias is None:
         bias = torch.zeros_like(weight)
-    key = (kind, "fwd", x.dtype, weight.dtype, bias.dtype)
-    scalars = (alpha, shift) if kernels.shift else (alpha,)
-    return _run(key, kernels.cpu.forward, x, x, *scalars, weight, bias)
+    shifted = shift is not None
+    key = (function, shifted, "fwd", x.dtype, weight.dtype, bias.dtype)
+    return _run(key, bodies_of(function).forward, x, x, alpha, shift, weight, bias)
 
 
 def backward(
-    kind: str,
+    function: SquashingFunction,
     dy: torch.Tensor,
     x: torch.Tensor,
     alpha: torch.Tensor,
@@ -207,11 +175,10 @@ def backward(
     weight: torch.Tensor,
 ) -> Grads:
     """(dx, dα, ds or None, dγ, dβ); dx in x's dtype, parameter grads in fp32."""
-    kernels = _kernels(kind)
-    key_dx = (kind, "bwd_dx", x.dtype, dy.dtype, weight.dtype)
-    key_cols = (kind, "bwd_cols", x.dtype, dy.dtype)
-    scalars = (alpha, shift) if kernels.shift else (alpha,)
-    dx, da_rows, *ds_rows = _run(key_dx, kernels.cpu.backward_dx, x, dy, x, *scalars, weight)
-    dw, db = _run(key_cols, kernels.cpu.backward_cols, x, dy, x, *scalars)
-    ds = ds_rows[0].sum().reshape(1) if kernels.shift else None
+    bodies, shifted = bodies_of(function), shift is not None
+    key_dx = (function, shifted, "bwd_dx", x.dtype, dy.dtype, weight.dtype)
+    key_cols = (function, shifted, "bwd_cols", x.dtype, dy.dtype)
+    dx, da_rows, ds_rows = _run(key_dx, bodies.backward_dx, x, dy, x, alpha, shift, weight)
+    dw, db = _run(key_cols, bodies.backward_cols, x, dy, x, alpha, shift)
+    ds = ds_rows.sum().reshape(1) if shifted else None
     return dx, da_rows.sum().reshape(1), ds, dw, db

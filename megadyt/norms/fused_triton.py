@@ -1,4 +1,4 @@
-"""Triton kernels for DyT/Derf: one-pass forward, one-pass backward with blockwise partial sums.
+"""Triton kernels for squashing norms: one-pass forward, one-pass backward with block partial sums.
 
 Why: on GPU the eager formula launches ~3 kernels forward and ~8 backward, each a full trip
 through HBM. Here the forward reads x once and writes y once; the backward reads x and dy once,
@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from megadyt.norms.registry import fused_kernels
+from megadyt.norms.squashing import SquashingFunction
 
 try:
     from triton.runtime.interpreter import InterpretedFunction
@@ -48,9 +48,35 @@ def _tanh(z):
 
 
 @triton.jit
+def _tanh_derivative(z, f):
+    return 1.0 - f * f
+
+
+@triton.jit
+def _erf(z):
+    return tl.math.erf(z)
+
+
+@triton.jit
+def _erf_derivative(z, f):
+    return _TWO_OVER_SQRT_PI * tl.exp(-z * z)
+
+
+# SquashingFunction.name -> (f, f′(z, f)) as Triton functions. A squashing function without an
+# entry runs the compiled path on CUDA (inductor generates its Triton code); see dispatch.
+TRITON_FUNCTIONS = {"tanh": (_tanh, _tanh_derivative), "erf": (_erf, _erf_derivative)}
+
+
+def supports(function: SquashingFunction) -> bool:
+    """Whether hand-written kernels exist for `function`."""
+    return function.name in TRITON_FUNCTIONS
+
+
+@triton.jit
 def _fwd_kernel(
     x_ptr, y_ptr, a_ptr, s_ptr, w_ptr, b_ptr, M, N,
-    IS_ERF: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    F: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -59,10 +85,9 @@ def _fwd_kernel(
     offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(a_ptr).to(tl.float32) * x
-    if IS_ERF:
-        f = tl.math.erf(z + tl.load(s_ptr).to(tl.float32))
-    else:
-        f = _tanh(z)
+    if HAS_SHIFT:
+        z = z + tl.load(s_ptr).to(tl.float32)
+    f = F(z)
     y = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :] * f
     if HAS_BIAS:
         y = y + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
@@ -73,8 +98,8 @@ def _fwd_kernel(
 def _bwd_kernel(
     dy_ptr, x_ptr, a_ptr, s_ptr, w_ptr, dx_ptr, dw_part, db_part, da_part, ds_part,
     M, N,
-    IS_ERF: tl.constexpr, ROWS_PER_PROG: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    F: tl.constexpr, DF: tl.constexpr, HAS_SHIFT: tl.constexpr, ROWS_PER_PROG: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -97,14 +122,10 @@ def _bwd_kernel(
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # 0 where masked
         z = a * x
-        if IS_ERF:
+        if HAS_SHIFT:
             z = z + tl.load(s_ptr).to(tl.float32)
-            f = tl.math.erf(z)
-            df = _TWO_OVER_SQRT_PI * tl.exp(-z * z)
-        else:
-            f = _tanh(z)
-            df = 1.0 - f * f
-        dz = g * w[None, :] * df  # dL/dz, z = αx+s
+        f = F(z)
+        dz = g * w[None, :] * DF(z, f)  # dL/dz, z = αx+s
         tl.store(dx_ptr + offs, (dz * a).to(dx_ptr.dtype.element_ty), mask=mask)
         acc_w += tl.sum(g * f, axis=0)
         acc_b += tl.sum(g, axis=0)
@@ -138,15 +159,15 @@ def _launch_guard(x: torch.Tensor):
 
 
 def forward(
-    kind: str,
+    function: SquashingFunction,
     x: torch.Tensor,
     alpha: torch.Tensor,
     shift: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """y = γ·f(αx+s)+β for 2-D contiguous `x`, in x's dtype; `kind` is a registered norm name."""
-    is_erf = fused_kernels(kind).triton_erf  # MegadytError for an unknown norm
+    """y = γ·f(αx+s)+β for 2-D contiguous `x`, in x's dtype."""
+    f, _ = TRITON_FUNCTIONS[function.name]
     M, N = x.shape
     y = torch.empty_like(x)
     block_n = min(triton.next_power_of_2(N), 1024)
@@ -157,13 +178,14 @@ def forward(
         _fwd_kernel[grid](
             x, y, alpha, shift if shift is not None else alpha, weight,
             bias.contiguous() if bias is not None else weight, M, N,
-            IS_ERF=is_erf, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+            F=f, HAS_SHIFT=shift is not None, HAS_BIAS=bias is not None, BLOCK_M=block_m,
+            BLOCK_N=block_n,
         )  # fmt: skip
     return y
 
 
 def backward(
-    kind: str,
+    function: SquashingFunction,
     dy: torch.Tensor,
     x: torch.Tensor,
     alpha: torch.Tensor,
@@ -171,8 +193,7 @@ def backward(
     weight: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(dx, dα, ds or None, dγ, dβ); dx in x's dtype, parameter grads in fp32."""
-    kernels = fused_kernels(kind)  # MegadytError for an unknown norm
-    is_erf = kernels.triton_erf
+    f, df = TRITON_FUNCTIONS[function.name]
     M, N = x.shape
     dx = torch.empty_like(x)
     block_n = min(triton.next_power_of_2(N), 256)
@@ -190,7 +211,8 @@ def backward(
         _bwd_kernel[(n_row, n_col)](
             dy, x, alpha, shift if shift is not None else alpha, weight.contiguous(), dx,
             dw_part, db_part, da_part, ds_part, M, N,
-            IS_ERF=is_erf, ROWS_PER_PROG=rows_per_prog, BLOCK_M=block_m, BLOCK_N=block_n,
+            F=f, DF=df, HAS_SHIFT=shift is not None, ROWS_PER_PROG=rows_per_prog,
+            BLOCK_M=block_m, BLOCK_N=block_n,
         )  # fmt: skip
-    ds = ds_part.sum().reshape(1) if kernels.shift else None
+    ds = ds_part.sum().reshape(1) if shift is not None else None
     return dx, da_part.sum().reshape(1), ds, dw_part.sum(0), db_part.sum(0)

@@ -1,9 +1,10 @@
-"""DyT, Derf and RMSNorm as megatron-core norm modules, tensor- and sequence-parallel ready.
+"""The megatron-core norm modules: the squashing-norm base (DyT, Derf, ...) and RMSNorm.
 
-Each class has the constructor megatron-core's TransformerLayer/TransformerBlock use for norms,
-`(config, hidden_size, eps=..., **kwargs)`, so it plugs into a ModuleSpec. Extra arguments
+Tensor- and sequence-parallel ready. Each class has the constructor megatron-core's
+TransformerLayer/TransformerBlock use for norms, `(config, hidden_size, eps=..., **kwargs)`, so
+it plugs into a ModuleSpec. Extra arguments
 (`alpha0`, `shift0`, `bias`, `impl`, `role`) come through `ModuleSpec(params=...)`; `impl` picks
-the DyT/Derf implementation ("auto", "reference", "compiled", "triton"; see
+the squashing norm's implementation ("auto", "reference", "compiled", "triton"; see
 megadyt.norms.dispatch), `role` is the slot ("attention", "ffn" or "final") that α calibration
 and the saturation monitor read.
 
@@ -23,31 +24,16 @@ layernorm all-reduce on these models: it would sum them a second time.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megadyt.norms.dispatch import validate_impl
-from megadyt.norms.functional import derf, dyt, rms_norm
+from megadyt.norms.functional import rms_norm, squash
+from megadyt.norms.squashing import SquashingFunction
 
-# |αx+s| above this counts as saturated: tanh′(2) = 0.07, erf′(2) = 0.02 (of 1 and 1.13 at 0).
-SATURATION_THRESHOLD = 2.0
 # The saturation monitor reads at most this many token rows of each norm's input (monitor_sample).
 MONITOR_MAX_ROWS = 1024
-
-
-def tanh_saturation(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(saturated count, Σ tanh′(u)) of the pre-activation u = αx: DyT's monitor statistic."""
-    slope = 1.0 - torch.tanh(u) ** 2
-    return (u.abs() > SATURATION_THRESHOLD).sum().double(), slope.sum(dtype=torch.float64)
-
-
-def erf_saturation(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(saturated count, Σ erf′(u)) of the pre-activation u = αx+s: Derf's monitor statistic."""
-    slope = (2.0 / math.sqrt(math.pi)) * torch.exp(-u * u)
-    return (u.abs() > SATURATION_THRESHOLD).sum().double(), slope.sum(dtype=torch.float64)
 
 
 def monitor_sample(x: torch.Tensor) -> torch.Tensor:
@@ -78,12 +64,10 @@ def tp_summed(param: torch.Tensor | None, sequence_parallel: bool) -> torch.Tens
     return copy_to_tensor_model_parallel_region(param)
 
 
-class _MonitoredNorm(torch.nn.Module):
+class MonitoredNorm(torch.nn.Module):
     """What every norm offers the saturation monitor: a role, and the sums of its input."""
 
-    squashing = False  # True for DyT/Derf: saturation and derivative are meaningful
-    # u -> (saturated count, Σ f′(u)) for squashing norms (see tanh_saturation); None otherwise.
-    saturation_stat = None
+    squashing = False  # True for squashing norms: saturation and derivative are meaningful
 
     def __init__(self, role: str) -> None:
         super().__init__()
@@ -107,19 +91,26 @@ class _MonitoredNorm(torch.nn.Module):
             self.record_saturation = False
 
 
-class _ElementwiseNorm(_MonitoredNorm):
-    """Shared parameters of DyT and Derf: α (scalar), γ (per channel), optional β."""
+class SquashingNorm(MonitoredNorm):
+    """y = γ·f(αx+s)+β with a scalar α (init alpha0), per-channel γ (init 1), optional β, and a
+    scalar s (init shift0) when the subclass sets `has_shift`. A subclass names its
+    `SquashingFunction`; everything else (TP/SP, dispatch, the monitor) is here."""
 
     squashing = True
+    function: SquashingFunction  # set by each subclass
+    has_shift = False
 
     def __init__(
         self,
         config: TransformerConfig,
         hidden_size: int,
-        alpha0: float,
-        bias: bool,
+        eps: float = 1e-5,
+        alpha0: float = 0.5,
+        bias: bool = False,
         impl: str = "auto",
         role: str = "attention",
+        shift0: float = 0.0,
+        **kwargs,
     ) -> None:
         super().__init__(role)
         dtype = config.params_dtype
@@ -130,84 +121,44 @@ class _ElementwiseNorm(_MonitoredNorm):
         self.alpha = torch.nn.Parameter(torch.full((1,), float(alpha0), dtype=dtype))
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=dtype))
         self.bias = torch.nn.Parameter(torch.zeros(hidden_size, dtype=dtype)) if bias else None
+        if self.has_shift:  # norms without s have no `shift` attribute at all
+            self.shift = torch.nn.Parameter(torch.full((1,), float(shift0), dtype=dtype))
+        mark_sequence_parallel(self, self.sequence_parallel)
 
-    def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._maybe_record(x)
         sp = self.sequence_parallel
-        return tp_summed(self.alpha, sp), tp_summed(self.weight, sp), tp_summed(self.bias, sp)
+        return squash(
+            self.function,
+            x,
+            tp_summed(self.alpha, sp),
+            tp_summed(self._shift(), sp),
+            tp_summed(self.weight, sp),
+            tp_summed(self.bias, sp),
+            impl=self.impl,
+        )
 
-    def _preactivation(self, x: torch.Tensor) -> torch.Tensor:
-        """αx (+s for Derf) in float32, for the monitor only."""
-        return x * self.alpha.detach().float()
+    def _shift(self) -> torch.nn.Parameter | None:
+        return self.shift if self.has_shift else None
+
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """αx+s in float32 (for the monitor only)."""
+        u = x.float() * self.alpha.detach().float()
+        return u + self.shift.detach().float() if self.has_shift else u
 
     def saturation_sums(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().float()
-        saturated, slope = self.saturation_stat(self._preactivation(x))
+        saturated, slope = self.function.saturation(self.preactivation(x))
         return torch.stack([_count(x), (x * x).sum(dtype=torch.float64), saturated, slope])
 
     def extra_repr(self) -> str:
         return (
-            f"{self.hidden_size}, alpha0={self.alpha0}, bias={self.bias is not None}, "
-            f"impl={self.impl!r}"
+            f"{self.hidden_size}, f={self.function.name}, alpha0={self.alpha0}, "
+            f"bias={self.bias is not None}, impl={self.impl!r}"
         )
 
 
-class DyT(_ElementwiseNorm):
-    """Dynamic Tanh, γ·tanh(αx)+β. `eps` is accepted for megatron-core and unused."""
-
-    saturation_stat = staticmethod(tanh_saturation)
-
-    def __init__(
-        self,
-        config: TransformerConfig,
-        hidden_size: int,
-        eps: float = 1e-5,
-        alpha0: float = 0.5,
-        bias: bool = False,
-        impl: str = "auto",
-        role: str = "attention",
-        **kwargs,
-    ) -> None:
-        super().__init__(config, hidden_size, alpha0, bias, impl, role)
-        mark_sequence_parallel(self, self.sequence_parallel)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._maybe_record(x)
-        alpha, weight, bias = self._params()
-        return dyt(x, alpha, weight, bias, impl=self.impl)
-
-
-class Derf(_ElementwiseNorm):
-    """Dynamic erf, γ·erf(αx+s)+β, with scalar α (init alpha0) and scalar s (init shift0)."""
-
-    saturation_stat = staticmethod(erf_saturation)
-
-    def __init__(
-        self,
-        config: TransformerConfig,
-        hidden_size: int,
-        eps: float = 1e-5,
-        alpha0: float = 0.5,
-        shift0: float = 0.0,
-        bias: bool = False,
-        impl: str = "auto",
-        role: str = "attention",
-        **kwargs,
-    ) -> None:
-        super().__init__(config, hidden_size, alpha0, bias, impl, role)
-        self.shift = torch.nn.Parameter(torch.full((1,), float(shift0), dtype=config.params_dtype))
-        mark_sequence_parallel(self, self.sequence_parallel)
-
-    def _preactivation(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.alpha.detach().float() + self.shift.detach().float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._maybe_record(x)
-        alpha, weight, bias = self._params()
-        shift = tp_summed(self.shift, self.sequence_parallel)
-        return derf(x, alpha, shift, weight, bias, impl=self.impl)
-
-
-class RMSNorm(_MonitoredNorm):
+class RMSNorm(MonitoredNorm):
     """The RMSNorm baseline; unlike megatron-core's WrappedTorchNorm it supports SP."""
 
     def __init__(

@@ -1,15 +1,15 @@
 """The one table of norms: everything the rest of megadyt needs to know about each of them.
 
-Why: the norm name ("rmsnorm", "dyt", "derf") used to be branched on in the model spec, the
-parameter count, `megadyt info`, the config defaults and the fused kernels, and the fused paths
-silently ran the other kernel for a name they did not know. Now each of those reads the norm's
-`NormEntry`, and `norm_entry` refuses an unknown name with a one-line `MegadytError`.
+Each consumer (the model spec, parameter counting, `megadyt info`, the config defaults, α
+calibration, the saturation monitor, the Hugging Face export) reads the norm's `NormEntry`;
+`norm_entry` refuses an unknown name with a one-line `MegadytError`. Only this module maps a
+`model.norm` name to code.
 
 What the module class itself provides (the entry reads it rather than repeating it): the
 constructor megatron-core calls, `(config, hidden_size, eps=..., **spec params)`; `squashing`
 (True for norms with α: they get the embedding scalar by default, α calibration, the
-saturation metrics); and for squashing norms `saturation_stat`, u = αx+s -> (saturated count,
-Σ f′(u)), which the saturation monitor sums.
+saturation metrics); and for squashing norms their `function` (a `SquashingFunction`, which is
+all their kernels need) and `has_shift`.
 """
 
 from __future__ import annotations
@@ -22,20 +22,15 @@ import torch
 
 from megadyt.config.schema import ModelConfig, NormName
 from megadyt.errors import MegadytError
-from megadyt.norms import fused_cpu
 from megadyt.norms.alpha import resolve_alpha0
-from megadyt.norms.layers import Derf, DyT, RMSNorm
+from megadyt.norms.derf import Derf
+from megadyt.norms.dyt import DyT
+from megadyt.norms.layers import RMSNorm, SquashingNorm
+from megadyt.norms.squashing import SquashingFunction
 
-SaturationStat = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class FusedKernels:
-    """One norm's fused paths, y = γ·f(αx+s)+β (see megadyt.norms.dispatch)."""
-
-    cpu: fused_cpu.CpuBodies  # eager bodies that fused_cpu compiles on first use
-    triton_erf: bool  # which f fused_triton's shared kernels compute: erf (True) or tanh
-    shift: bool  # whether the kernels read s and return ds
+# transformers' own LlamaForCausalLM uses this norm: a model with it (and no embedding scalar)
+# exports without custom code, and an imported plain LLaMA has it.
+LLAMA_NORM = "rmsnorm"
 
 
 @dataclass(frozen=True)
@@ -49,7 +44,6 @@ class NormEntry:
     # parameters of one norm module; counting multiplies it by the 2L+1 slots
     params_per_norm: Callable[[ModelConfig], int]
     scalars: tuple[str, ...] = ()  # scalar parameters logged as norm/<scalar>/<norm name>
-    fused: FusedKernels | None = None  # None: the module never runs a fused kernel
 
     @property
     def squashing(self) -> bool:
@@ -57,46 +51,44 @@ class NormEntry:
         return bool(getattr(self.cls, "squashing", False))
 
     @property
-    def saturation(self) -> SaturationStat | None:
-        """u = αx+s -> (saturated count, Σ f′(u)); None for non-squashing norms."""
-        return getattr(self.cls, "saturation_stat", None)
+    def function(self) -> SquashingFunction | None:
+        """f of a squashing norm (what its kernels and the HF export compute); else None."""
+        return getattr(self.cls, "function", None)
+
+    @property
+    def has_shift(self) -> bool:
+        return bool(getattr(self.cls, "has_shift", False))
 
 
-def _rmsnorm_params(model: ModelConfig, role: str) -> dict:
-    return {"role": role}
-
-
-def _dyt_params(model: ModelConfig, role: str) -> dict:
+def _squashing_params(model: ModelConfig, role: str) -> dict:
     alpha0 = resolve_alpha0(
         model.hidden_size, model.alpha0_attention, model.alpha0_ffn, model.alpha0_final
     )
     return {
         "alpha0": getattr(alpha0, role),
+        "shift0": model.derf_shift_init,  # read only by norms with a shift
         "bias": model.norm_bias,
         "impl": model.norm_impl,
         "role": role,
     }
 
 
-def _derf_params(model: ModelConfig, role: str) -> dict:
-    return {**_dyt_params(model, role), "shift0": model.derf_shift_init}
+def squashing_entry(name: str, cls: type[SquashingNorm]) -> NormEntry:
+    """The entry of a `SquashingNorm` subclass: its spec params, count and scalars follow from
+    the class (γ, optional β, α, and s when it has a shift)."""
+    scalars = ("alpha", "shift") if cls.has_shift else ("alpha",)
 
+    def params_per_norm(m: ModelConfig) -> int:
+        return m.hidden_size * (2 if m.norm_bias else 1) + len(scalars)
 
-def _gamma_beta(model: ModelConfig) -> int:
-    return model.hidden_size * (2 if model.norm_bias else 1)
+    return NormEntry(name, cls, _squashing_params, params_per_norm, scalars)
 
 
 _ENTRIES = (
-    NormEntry("rmsnorm", RMSNorm, _rmsnorm_params, lambda m: m.hidden_size),  # γ
-    NormEntry(
-        "dyt", DyT, _dyt_params, lambda m: _gamma_beta(m) + 1, ("alpha",),  # γ (β), α
-        FusedKernels(fused_cpu.DYT, triton_erf=False, shift=False),
-    ),
-    NormEntry(
-        "derf", Derf, _derf_params, lambda m: _gamma_beta(m) + 2, ("alpha", "shift"),  # +s
-        FusedKernels(fused_cpu.DERF, triton_erf=True, shift=True),
-    ),
-)  # fmt: skip
+    NormEntry(LLAMA_NORM, RMSNorm, lambda m, role: {"role": role}, lambda m: m.hidden_size),  # γ
+    squashing_entry("dyt", DyT),
+    squashing_entry("derf", Derf),
+)
 
 NORMS: dict[str, NormEntry] = {entry.name: entry for entry in _ENTRIES}
 
@@ -117,21 +109,17 @@ def norm_entry(name: str) -> NormEntry:
     return entry
 
 
+def squashing_norms() -> tuple[str, ...]:
+    """Names of the norms with α (what an RMSNorm model can be converted to)."""
+    return tuple(name for name, entry in NORMS.items() if entry.squashing)
+
+
 def has_embedding_scale(model: ModelConfig) -> bool:
     """Whether the model multiplies its embedding by a learnable scalar: model.embedding_scale,
     where "auto" means on for squashing norms (they have no norm to fix the input scale)."""
     if model.embedding_scale == "auto":
         return norm_entry(model.norm).squashing
     return model.embedding_scale == "on"
-
-
-def fused_kernels(name: str) -> FusedKernels:
-    """The fused kernels of norm `name`: what fused_cpu/fused_triton run, never another's."""
-    entry = norm_entry(name)
-    if entry.fused is None:
-        with_kernels = ", ".join(e.name for e in NORMS.values() if e.fused is not None)
-        raise MegadytError(f"norm {name!r} has no fused kernels; norms that do: {with_kernels}")
-    return entry.fused
 
 
 def norm_classes() -> tuple[type[torch.nn.Module], ...]:
