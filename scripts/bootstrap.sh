@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create ./.venv with megadyt and its dependencies, once. Sourced by run.sh and test.sh.
 # CPU machines get the CPU build of torch pinned (a bare `torch` would pull a multi-GB CUDA build);
-# on a GPU cluster install torch for your CUDA first, then `pip install -e .` (see README).
+# on a GPU cluster install torch for your CUDA first, then `pip install -e .` (launch/README.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MEGADYT_VENV:-$ROOT/.venv}"

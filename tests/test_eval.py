@@ -385,7 +385,7 @@ def test_exported_tokenizer_gives_sentencepiece_ids_on_every_heldout_text(lm, hf
 
 def test_lm_eval_hf_backend_scores_the_export_like_megadyt_eval(lm, hf_dir):
     """lm-eval's own `hf` model over the export, with EOS as the prefix token (the command in
-    the README): per-request loglikelihoods within 1e-4 of the `megadyt` model's, for
+    docs/interop.md): per-request loglikelihoods within 1e-4 of the `megadyt` model's, for
     multiple-choice continuations and rolling (perplexity) documents longer than the context."""
     from lm_eval.models.huggingface import HFLM
 
