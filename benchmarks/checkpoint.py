@@ -57,13 +57,13 @@ def _engine(zero: int):
 
 def _round(engine, cfg, bare: Path, run, reverse: bool, timed) -> None:
     """One save and one load of each kind; `reverse` flips the order (alternating rounds)."""
-    from megadyt.training import checkpoint
-    from megadyt.training.weights import keeps_weights_copy, save_tp_shard
+    from megadyt.training.checkpoint import store
+    from megadyt.training.checkpoint.weights import keeps_weights_copy, save_tp_shard
 
     def ours_save():
         with_weights = keeps_weights_copy(cfg, 1)  # step 1: a periodic save, not the last
         weights = lambda tag_dir: save_tp_shard(engine, cfg, tag_dir, with_weights)  # noqa: E731
-        checkpoint.save_checkpoint(engine, run, 1, {"step": 1}, before_publish=weights)
+        store.save_checkpoint(engine, run, 1, {"step": 1}, before_publish=weights)
 
     saves = [
         ("bare_save", lambda: engine.save_checkpoint(str(bare), tag="t", save_latest=False)),
@@ -71,7 +71,7 @@ def _round(engine, cfg, bare: Path, run, reverse: bool, timed) -> None:
     ]
     loads = [
         ("bare_load", lambda: engine.load_checkpoint(str(bare), tag="t")),
-        ("ours_load", lambda: checkpoint.load_checkpoint(engine, run)),
+        ("ours_load", lambda: store.load_checkpoint(engine, run)),
     ]
     for pair in (saves, loads):
         for key, fn in pair[::-1] if reverse else pair:
@@ -81,7 +81,7 @@ def _round(engine, cfg, bare: Path, run, reverse: bool, timed) -> None:
 def _measure(rank: int, world_size: int, zero: int, repeats: int, root: str) -> dict:
     import torch.distributed as dist
 
-    from megadyt.training.rundir import RunDir
+    from megadyt.training.run.layout import RunDir
 
     cfg, engine, params = _engine(zero)
     times: dict[str, list[float]] = {

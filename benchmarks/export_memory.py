@@ -1,11 +1,11 @@
 """Peak memory of `megadyt export --format hf`, which streams tensor by tensor.
 
-Builds a model of the given shape (default: 1.1B parameters, TinyLlama's shape), writes it as a
-TP=2 weights-only checkpoint (`training.initial`, what `import-hf` writes), then runs the real
-CLI export as a child process and samples its /proc status every 20 ms: anonymous memory
-(what the export allocates) and file-backed memory (pages of the memory-mapped checkpoint,
-page cache the kernel can drop) are reported apart. The `.pt` export, which materialises the
-whole merged state, runs on the same checkpoint as the reference.
+Builds a model of the given shape (default: 1.1B parameters, TinyLlama's shape), writes it as a TP=2
+weights-only checkpoint (`training.checkpoint.initial`, what `import-hf` writes), then runs the real
+CLI export as a child process and samples its /proc status every 20 ms: anonymous memory (what the
+export allocates) and file-backed memory (pages of the memory-mapped checkpoint, page cache the
+kernel can drop) are reported apart. The `.pt` export, which materialises the whole merged state,
+runs on the same checkpoint as the reference.
 
     python benchmarks/export_memory.py [--shard-gb 0.5] [--set model.num_layers=22 ...]
 """
@@ -40,7 +40,7 @@ def write_checkpoint(overrides: list[str], run: Path) -> int:
     from megadyt.model import build_model
     from megadyt.parallel.distributed import destroy_distributed, init_distributed
     from megadyt.parallel.tp_shards import tp_layout
-    from megadyt.training.initial import write_initial_run
+    from megadyt.training.checkpoint.initial import write_initial_run
 
     cfg = load_config(ROOT / "configs/tiny/dyt.yaml", [*overrides, f"run.dir={run}"])
     init_distributed(tp=1)

@@ -34,7 +34,7 @@ from megadyt.config.schema import Config, ModelConfig  # noqa: E402
 from megadyt.interop import hf_config  # noqa: E402
 from megadyt.model.counting import count_parameters  # noqa: E402
 from megadyt.model.flops import flops_per_token  # noqa: E402
-from megadyt.training.hardware import memory_gb, peak_tflops  # noqa: E402
+from megadyt.training.metrics import memory_gb, peak_tflops  # noqa: E402
 from megadyt.training.optim import lr_at  # noqa: E402
 
 ATTENTION = "sdpa"

@@ -48,8 +48,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import norm_peers  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from megadyt.norms import dispatch  # noqa: E402
-from megadyt.norms import derf, dyt  # noqa: E402
+from megadyt.norms import (  # noqa: E402
+    derf,
+    dispatch,  # noqa: E402
+    dyt,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RMS_EPS = 1e-5

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from megadyt.cli.main import add_override_argument
-from megadyt.training.rundir import RunDir
+from megadyt.training.run.layout import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 HF_SCRIPT = Path(__file__).resolve().parent / "hf_baseline.py"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONFIGS
+from helpers import CONFIGS
 
 from megadyt.config import load_config
 from megadyt.model import build_model

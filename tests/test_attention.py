@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SMALL_TRAINING  # 2 layers, width 64, 4 heads (later --set values win)
+from helpers import SMALL_TRAINING  # 2 layers, width 64, 4 heads (later --set values win)
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT, run_cli
-from conftest import TINY as TINY_YAML
+from helpers import ROOT, run_cli
+from helpers import TINY as TINY_YAML
 
 from megadyt.cli.main import main
 from megadyt.errors import ConfigError

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, clean_env, train_tiny
+from helpers import ROOT, clean_env, train_tiny
 
 
 @pytest.fixture(scope="module")

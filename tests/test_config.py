@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 
 from megadyt.config import Config, config_from_dict, load_config, merge_overrides
 from megadyt.config.loader import parse_override

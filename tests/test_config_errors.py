@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, run_cli
+from helpers import ROOT, TINY, run_cli
 
 from megadyt.config import load_config
 from megadyt.config.validate import check_world_size

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, ROOT
+from helpers import CONFIGS, ROOT
 
 from megadyt.cli.main import main
 from megadyt.config import load_config

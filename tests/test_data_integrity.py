@@ -10,7 +10,7 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import clean_env, run_cli
+from helpers import clean_env, run_cli
 from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
 
 from megadyt.config.schema import Config

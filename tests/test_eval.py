@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, clean_env, run_cli, train_tiny
+from helpers import ROOT, clean_env, run_cli, train_tiny
 
 LONG_TEXT = (ROOT / "megadyt" / "evaluation" / "lm.py").read_text()[:2500]
 
@@ -296,7 +296,7 @@ def test_eval_and_export_refuse_checkpoints_that_fail_the_manifest(run_dir, tmp_
     """Readers verify the weights they read, as a resume does; --no-verify opts out."""
     import shutil
 
-    from megadyt.training.rundir import RunDir, manifest_file, resolve_checkpoint, weights_file
+    from megadyt.training.run.layout import RunDir, manifest_file, resolve_checkpoint, weights_file
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
@@ -446,7 +446,7 @@ def _train_tp2_and_score(rank: int, world_size: int, run_dir: str, tokens: list[
     from megadyt.config import config_from_dict, load_config
     from megadyt.model import build_model
     from megadyt.parallel.distributed import seed_everything
-    from megadyt.training.rundir import resolve_checkpoint, weights_file
+    from megadyt.training.run.layout import resolve_checkpoint, weights_file
     from megadyt.training.trainer import train
 
     cfg = load_config(str(ROOT / "configs/tiny/dyt.yaml"), [*TP2, f"run.dir={run_dir}"])

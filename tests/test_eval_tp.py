@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CLI_RUN, run_cli
+from helpers import ROOT, TINY_CLI_RUN, run_cli
 
 from megadyt.parallel.testing import run_distributed
 

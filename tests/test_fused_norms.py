@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NORM_INPUT_NAMES, norm_inputs
+from helpers import NORM_INPUT_NAMES, norm_inputs
 
 from megadyt.norms import dispatch, fused_cpu
 from megadyt.norms.derf import ERF, derf, derf_reference

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from conftest import ROOT
+from helpers import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 STAGES = [

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import NORM_INPUT_NAMES, SMALL_TRAINING, norm_inputs
+from helpers import NORM_INPUT_NAMES, SMALL_TRAINING, norm_inputs
 
 pytestmark = pytest.mark.gpu
 
@@ -41,7 +41,7 @@ NAMES = NORM_INPUT_NAMES
 
 
 def _norm_inputs(kind: str, shape, dtype, with_bias: bool, seed: int = 0):
-    """The shared fused-norm inputs (conftest.norm_inputs), on CUDA."""
+    """The shared fused-norm inputs (helpers.norm_inputs), on CUDA."""
     inputs, dy = norm_inputs(kind, shape, dtype, with_bias, seed)
     return {k: None if v is None else v.cuda() for k, v in inputs.items()}, dy.cuda()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, clean_env, metrics_records, train_command
+from helpers import ROOT, clean_env, metrics_records, train_command
 
 pytestmark = pytest.mark.gpu
 
@@ -66,7 +66,7 @@ class _Proc:
 
 
 def _train(run_dir: Path, log: Path, *extra: str) -> _Proc:
-    """`megadyt train --config configs/tiny/dyt.yaml` (conftest.CLI_SMALL_RUN: width 64,
+    """`megadyt train --config configs/tiny/dyt.yaml` (helpers.CLI_SMALL_RUN: width 64,
     2 layers, 64 tokens, ZeRO-1, the built-in corpus cached in ROOT/data_cache): 8 steps,
     checkpoints every 4, NCCL named explicitly; bf16 comes from train.precision=auto."""
     cmd = train_command(run_dir, 8, 4) + ["--set", "parallel.backend=nccl"]
@@ -86,7 +86,7 @@ def test_bf16_nccl_training_resumes_exactly_and_evaluates(tmp_path):
     (non-deterministic backward kernels), every step must agree within 1e-3 relative: bf16
     reordering moves a loss by ~1e-4 after a few steps; a resume bug (wrong batch, reset Adam
     moments, wrong LR) by about 1e-2. Step 1 (a forward of the seeded init) is always exact."""
-    from megadyt.training.rundir import RunDir, tag_for, weights_file
+    from megadyt.training.run.layout import RunDir, tag_for, weights_file
 
     straight_dir, split_dir = tmp_path / "straight", tmp_path / "split"
     straight_proc = _train(straight_dir, tmp_path / "straight.log")

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 import transformers
-from conftest import ROOT, SMALL_TRAINING
+from helpers import ROOT, SMALL_TRAINING
 
 from megadyt.config import load_config
 from megadyt.errors import MegadytError

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import ROOT, SMALL_TRAINING, clean_env, run_cli, train_tiny
+from helpers import ROOT, SMALL_TRAINING, clean_env, run_cli, train_tiny
 from safetensors.torch import load_file
 
 from megadyt.config import load_config
@@ -99,9 +99,9 @@ def test_a_model_transformers_saved_imports_with_its_logits(tp1_distributed, tmp
 
 
 def test_the_step0_checkpoint_splits_for_tp2_and_merges_back_bitwise(tp1_distributed, tmp_path):
-    from megadyt.training.initial import initial_checkpoint, write_initial_run
-    from megadyt.training.rundir import RunDir, weights_files
-    from megadyt.training.weights import load_tp1_weights
+    from megadyt.training.checkpoint.initial import initial_checkpoint, write_initial_run
+    from megadyt.training.checkpoint.weights import load_tp1_weights
+    from megadyt.training.run.layout import RunDir, weights_files
 
     cfg = _config("dyt", 2, "parallel.tp=2", f"run.dir={tmp_path / 'run'}")
     model = _model(_config("dyt", 2))
@@ -210,7 +210,7 @@ def test_rmsnorm_run_converted_to_dyt_trains_on(tmp_path):
 def _tp2_losses_from_initial(rank: int, world_size: int, tag_dirs: list[str]) -> list[float]:
     """This rank's loss of a TP=2 model loaded (as the trainer loads it) from each
     weights-only checkpoint."""
-    from megadyt.training.initial import load_initial_weights
+    from megadyt.training.checkpoint.initial import load_initial_weights
 
     init_distributed(tp=2)
     cfg = _config("dyt", 2, "parallel.tp=2")
@@ -229,7 +229,7 @@ def test_imports_for_tp1_and_tp2_train_at_tp2_with_the_same_function(tp1_distrib
     checkpoint written for TP=2 (each rank reads its own shard) and from one written for TP=1
     (merged and re-split), the loss is the TP=1 model's."""
     from megadyt.parallel.testing import run_distributed
-    from megadyt.training.initial import write_initial_run
+    from megadyt.training.checkpoint.initial import write_initial_run
 
     model = _model(_config("dyt", 2))
     tag_dirs = []
@@ -251,10 +251,10 @@ def test_an_imported_run_refuses_another_model_and_a_fallback_to_its_weights(
     """Training an imported run with another model config is one line naming the difference;
     a resume whose fallback would land on the imported step 0 (the trainer did not load those
     weights: `latest` named a later step) is refused instead of training a fresh model."""
-    from megadyt.training import checkpoint
-    from megadyt.training.initial import load_initial_weights, write_initial_run
-    from megadyt.training.manifest import write_manifest
-    from megadyt.training.rundir import RunDir
+    from megadyt.training.checkpoint import store
+    from megadyt.training.checkpoint.initial import load_initial_weights, write_initial_run
+    from megadyt.training.checkpoint.manifest import write_manifest
+    from megadyt.training.run.layout import RunDir
 
     cfg = _config("dyt", 2, f"run.dir={tmp_path / 'run'}")
     model = _model(cfg)
@@ -272,6 +272,6 @@ def test_an_imported_run_refuses_another_model_and_a_fallback_to_its_weights(
     run.publish_latest("step_0000002")
     identity = cfg.to_dict()["model"]
     with pytest.raises(MegadytError, match="resume-fallback"):
-        checkpoint.load_checkpoint(None, run, fallback=False, model=identity)
+        store.load_checkpoint(None, run, fallback=False, model=identity)
     with pytest.raises(MegadytError, match=re.escape(f"is {tag_dir}, the run's imported weights")):
-        checkpoint.load_checkpoint(None, run, fallback=True, model=identity)
+        store.load_checkpoint(None, run, fallback=True, model=identity)

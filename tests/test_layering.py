@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 PACKAGE = ROOT / "megadyt"
 

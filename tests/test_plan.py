@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 from megadyt.cli.main import main
 from megadyt.config import load_config
@@ -25,7 +25,7 @@ PRESETS = [(size, norm) for size in SIZES for norm in NORMS]
 # The tiny config's CPU estimate must be within this fraction of the measured peak RSS
 # (measured 2026-11-28: estimate 0.68 GB vs 0.66 GB peak RSS, +3%).
 # The CPU estimate is dominated by a constant import baseline (430 MB: torch, megatron-core,
-# DeepSpeed). The peak is VmHWM (training.hardware.peak_rss_bytes): getrusage's ru_maxrss had
+# DeepSpeed). The peak is VmHWM (training.metrics.peak_rss_bytes): getrusage's ru_maxrss had
 # carried the forking pytest process's RSS over the exec, 0.93-1.4 GB "measured" late in a
 # test session, which the margin used to absorb (it was 0.45).
 RSS_MARGIN = 0.25
@@ -122,7 +122,7 @@ def test_print_run_dir_is_absolute(capsys, tmp_path):
 MEASURE = """
 import sys
 from megadyt.cli.main import main
-from megadyt.training.hardware import peak_rss_bytes
+from megadyt.training.metrics import peak_rss_bytes
 rc = main(sys.argv[1:])
 print("MAXRSS_KB", peak_rss_bytes() // 1024, rc)
 """

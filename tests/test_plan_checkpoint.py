@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT, TINY_CLI_RUN, train_tiny
+from helpers import ROOT, TINY_CLI_RUN, train_tiny
 
 from megadyt.cli.main import main
 from megadyt.config import load_config
 from megadyt.model.counting import count_parameters
 from megadyt.planning import make_plan
-from megadyt.training.rundir import MANIFEST_FILE, RunDir, tag_for
+from megadyt.training.run.layout import MANIFEST_FILE, RunDir, tag_for
 
 PRESET_7B = ["plan", "--config", "configs/llama-7b/dyt.yaml", "--nodes", "64"]
 PRESET_7B += ["--gpus-per-node", "8"]

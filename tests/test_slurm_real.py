@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI_SMALL_RUN, ROOT, clean_env, logged_losses
+from helpers import CLI_SMALL_RUN, ROOT, clean_env, logged_losses
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import signal
 import threading
 
-from megadyt.parallel.stop_signals import STOP_ENV, inherited_stop
+from megadyt.parallel.stop_signals import STOP_ENV, StopRequest, inherited_stop
 from megadyt.parallel.torchrun import _without_stop_signals
-from megadyt.training.signals import StopRequest
 
 
 def test_a_signal_pending_under_the_blocked_mask_arrives_on_entry():

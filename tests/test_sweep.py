@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, clean_env
-from conftest import TINY as TINY_YAML
+from helpers import ROOT, clean_env
+from helpers import TINY as TINY_YAML
 
 from megadyt.cli.main import main
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SMALL_MODEL, small_config
+from helpers import SMALL_MODEL, small_config
 
 from megadyt.norms.registry import NORMS as REGISTERED_NORMS
 from megadyt.parallel.testing import run_distributed

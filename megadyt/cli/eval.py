@@ -22,7 +22,7 @@ from pathlib import Path
 
 from megadyt.atomic import atomic_write_text
 from megadyt.errors import MegadytError
-from megadyt.training.rundir import RunDir, checkpoint_step, resolve_checkpoint
+from megadyt.training.run.layout import RunDir, checkpoint_step, resolve_checkpoint
 
 HELP = "evaluate a checkpoint on lm-eval tasks (suites: paper15, offline)"
 

@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megadyt.training.rundir import checkpoint_step, resolve_checkpoint
-    from megadyt.training.weights import load_tp1_weights
+    from megadyt.training.checkpoint.weights import load_tp1_weights
+    from megadyt.training.run.layout import checkpoint_step, resolve_checkpoint
 
     tag_dir = resolve_checkpoint(args.checkpoint)
     cfg, state = load_tp1_weights(tag_dir, verify=not args.no_verify)

@@ -83,7 +83,7 @@ def _import(cfg, hf, converting: bool) -> int:
     from megadyt.model import build_model
     from megadyt.parallel.distributed import seed_everything
     from megadyt.parallel.tp_shards import tp_layout
-    from megadyt.training.initial import write_initial_run
+    from megadyt.training.checkpoint.initial import write_initial_run
 
     single = _single_process(cfg)
     seed_everything(cfg.train.seed)
@@ -133,9 +133,9 @@ def _convert(single, model, original_state: dict) -> dict:
     """Calibrate the converted model's α and compare its validation loss with the original's."""
     from megadyt.model import build_model
     from megadyt.training.calibrate import calibrate_model, describe
+    from megadyt.training.checkpoint.weights import load_into
     from megadyt.training.data import build_train_valid
     from megadyt.training.evaluator import Evaluator
-    from megadyt.training.weights import load_into
 
     train_data, valid_data = build_train_valid(single)
     records = calibrate_model(single, model, train_data, match_rmsnorm=True)

@@ -18,7 +18,7 @@ from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
 from megadyt.errors import MegadytError
 from megadyt.planning.checkpoint import DEFAULT_FS_BANDWIDTH_GBS, HASH_GBS
-from megadyt.training.rundir import RunDir
+from megadyt.training.run.layout import RunDir
 
 HELP = "check that a config's parallel layout fits a cluster; memory, FLOPs and step time"
 

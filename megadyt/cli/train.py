@@ -9,8 +9,7 @@ from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
 from megadyt.errors import MegadytError
 from megadyt.parallel.launch_env import launch_rank
-from megadyt.parallel.stop_signals import ignore_stop_signals
-from megadyt.training.signals import StopRequest
+from megadyt.parallel.stop_signals import StopRequest, ignore_stop_signals
 
 HELP = "pretrain a model (single process, or under torchrun / srun)"
 

@@ -139,10 +139,11 @@ class TrainConfig:
     # When `latest` fails its manifest check, resume from the newest earlier checkpoint that
     # verifies instead of stopping (`megadyt train --resume-fallback`).
     resume_fallback: bool = False
-    # Checkpoint retention (`megadyt.training.retention`), after each published checkpoint: keep
-    # the newest `keep_checkpoints` complete ones (None: keep all) plus, forever, every one whose
-    # step is a multiple of `keep_every` (milestones; only used with keep_checkpoints). `latest`
-    # and anything newer are never deleted; older partial dirs of crashed saves are.
+    # Checkpoint retention (`megadyt.training.checkpoint.retention`), after each published
+    # checkpoint: keep the newest `keep_checkpoints` complete ones (None: keep all) plus, forever,
+    # every one whose step is a multiple of `keep_every` (milestones; only used with
+    # keep_checkpoints). `latest` and anything newer are never deleted; older partial dirs of
+    # crashed saves are.
     keep_checkpoints: int | None = None
     keep_every: int | None = None
     peak_tflops: float | None = None  # per device, for MFU; None: a default for the device

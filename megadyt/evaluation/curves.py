@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from megadyt.errors import MegadytError
-from megadyt.training.rundir import RunDir
+from megadyt.training.run.layout import RunDir
 
 TRAIN, VALID, TOKENS = "train/loss", "valid/loss", "train/tokens"
 

@@ -12,8 +12,8 @@ from megadyt.config import Config
 from megadyt.data.tokenizer import Tokenizer, load_tokenizer
 from megadyt.errors import MegadytError
 from megadyt.model.llama import build_model
-from megadyt.parallel.distributed import from_all_ranks, init_distributed, seed_everything
-from megadyt.training.weights import load_into, load_tp1_weights, load_tp_shard
+from megadyt.parallel.distributed import first_error, init_distributed, seed_everything
+from megadyt.training.checkpoint.weights import load_into, load_tp1_weights, load_tp_shard
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -64,9 +64,9 @@ def _load_own_shard(checkpoint: str, tp: int, verify: bool):
         loaded = load_tp_shard(checkpoint, rank, tp, verify=verify)
     except MegadytError as exc:
         error = f"TP rank {rank}: {exc}"
-    errors = [e for e in from_all_ranks(error) if e]
-    if errors:
-        raise MegadytError(errors[0])
+    error = first_error(error)
+    if error:
+        raise MegadytError(error)
     return loaded
 
 

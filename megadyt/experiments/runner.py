@@ -18,7 +18,7 @@ from pathlib import Path
 
 from megadyt.atomic import atomic_write_text
 from megadyt.errors import MegadytError
-from megadyt.training.rundir import RunDir
+from megadyt.training.run.layout import RunDir
 
 RESULT_FILE = "result.json"
 LOG_FILE = "train.log"

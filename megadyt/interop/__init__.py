@@ -5,5 +5,5 @@ writes the matching config, `hf_export` writes the directory (sharded safetensor
 modeling file), `hf_tokenizer` the tokenizer.json that gives SentencePiece's ids, and
 `hf_import` reads a directory back as megadyt tensors. `modeling_megadyt.py` is the file a
 DyT/Derf export carries for `trust_remote_code`. Nothing here builds a model or trains: the
-CLI joins these to `training` (`training.initial`, `training.norm_conversion`).
+CLI joins these to `training` (`training.checkpoint.initial`, `training.norm_conversion`).
 """

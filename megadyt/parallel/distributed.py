@@ -119,6 +119,23 @@ def from_all_ranks(value) -> list:
     return values
 
 
+def first_error(error: str | None) -> str | None:
+    """Did any rank fail: the lowest failing rank's message, or None when no rank did. The one
+    way ranks agree on a failure (a collective; every rank gets the same answer and can act on
+    it together, instead of one rank waiting for a peer that already gave up)."""
+    return next((e for e in from_all_ranks(error) if e), None)
+
+
+def max_over_ranks(value: float) -> float:
+    """The largest of every rank's `value`, on every rank (a collective, a tensor all-reduce:
+    cheap enough to run every step; `value` itself in a single process)."""
+    if _world() == 1:
+        return float(value)
+    flag = torch.tensor([float(value)], device=device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item()
+
+
 def destroy_distributed() -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

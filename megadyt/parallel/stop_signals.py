@@ -1,10 +1,17 @@
-"""Which signals ask a run to stop gracefully, and how a launcher passes one on (torch-free:
-the launcher wrapper and `megadyt train` install their handlers before importing torch).
+"""A graceful stop: which signals ask a run to stop, how a launcher passes one on, and the
+flag the trainer polls (`StopRequest`). Torch-free at import: the launcher wrapper and `megadyt
+train` install their handlers before importing torch (torch is imported only in `agreed`).
 
 SIGUSR1 is SLURM's `--signal` before the time limit (and at preemption with
 `PreemptParameters=send_user_signal`); SIGTERM is `scancel`, `scontrol requeue` and plain
-preemption. Either one makes every trainer save a checkpoint at the end of its step and exit 0
-(`megadyt.training.signals`).
+preemption. Either one sets the flag; at the end of the current step all ranks agree on it,
+save a checkpoint and exit 0.
+
+`megadyt train` enters a `StopRequest` first thing, before torch is imported: SIGUSR1's default
+action is to terminate, so a signal arriving while the model and data are built would kill a
+rank without a save. Under `megadyt.parallel.torchrun` the stop signals start blocked (the
+launcher's mask is inherited), so even one sent before that moment waits until the handler is
+installed and the signals are unblocked.
 """
 
 from __future__ import annotations
@@ -28,3 +35,38 @@ def inherited_stop() -> int | None:
     """The stop signal a launcher received before this process existed, if any."""
     name = os.environ.get(STOP_ENV)
     return int(signal.Signals[name]) if name in {s.name for s in STOP_SIGNALS} else None
+
+
+class StopRequest:
+    SIGNALS = STOP_SIGNALS
+
+    def __init__(self) -> None:
+        self.received: int | None = inherited_stop()
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some test harnesses)
+                pass
+        if self._previous:  # a stop held back by the launcher's blocked mask arrives now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def agreed(self) -> str | None:
+        """The stop signal's name when any rank received one, else None: a collective, so every
+        rank calls it at the same points. Different signals on different ranks: the highest
+        number wins (SIGTERM, 15, over SIGUSR1, 10)."""
+        from megadyt.parallel.distributed import max_over_ranks
+
+        number = int(max_over_ranks(self.received or 0))
+        return signal.Signals(number).name if number else None

@@ -3,7 +3,7 @@ traceback for a user error.
 
 A stop request (SIGUSR1 or SIGTERM: SLURM's `--signal` before the time limit, `scancel`,
 preemption) is the trainers' to handle: each saves its part of a checkpoint and exits 0
-(`megadyt.training.signals`). torchrun's own handling of a signal is to raise in its agent,
+(`megadyt.parallel.stop_signals`). torchrun's own handling of a signal is to raise in its agent,
 forward the signal, and exit 1 with a 30-line traceback once the workers are gone, so every
 graceful stop looked like a crash (and `srun --kill-on-bad-exit` killed the other nodes). So
 this agent takes those two signals itself and torchrun never sees them:

@@ -1,13 +1,13 @@
 """Size of one megadyt checkpoint and the time to save it (derivation in README.md here).
 
-A checkpoint (megadyt.training.checkpoint/checkpointer/weights) holds, per TP shard of `n`
-parameters (`params_per_rank`, norms replicated on every TP rank):
-DeepSpeed's module states (`n·w`, written by DP rank 0; ZeRO-3 writes only empty placeholders),
-the optimizer states (12 B/param: fp32 master + Adam m, v; split over DP under ZeRO ≥ 1, in DP
-rank 0's module-states file under ZeRO-0, where fp32 keeps no master copy: 8 B/param), the
-weights/ copy (`n·w`, the module's own dtype: every save under ZeRO-3, only the run's last save
-under ZeRO 0-2, `training.weights.keeps_weights_copy`) and one RNG file per rank. The estimate
-is of a periodic save; `final_weights` is what the last save adds. All sizes are bytes.
+A checkpoint (megadyt.training.checkpoint.store/checkpointer/weights) holds, per TP shard of `n`
+parameters (`params_per_rank`, norms replicated on every TP rank): DeepSpeed's module states (`n·w`,
+written by DP rank 0; ZeRO-3 writes only empty placeholders), the optimizer states (12 B/param: fp32
+master + Adam m, v; split over DP under ZeRO ≥ 1, in DP rank 0's module-states file under ZeRO-0,
+where fp32 keeps no master copy: 8 B/param), the weights/ copy (`n·w`, the module's own dtype: every
+save under ZeRO-3, only the run's last save under ZeRO 0-2,
+`training.checkpoint.weights.keeps_weights_copy`) and one RNG file per rank. The estimate is of a
+periodic save; `final_weights` is what the last save adds. All sizes are bytes.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from megadyt.errors import MegadytError
 # One rank's rng_rankNNNNN.pt: Python, NumPy and torch generator states (31,804 B measured on
 # CPU; the CUDA generators add a few hundred bytes on GPU).
 RNG_FILE_BYTES = 32e3
-# BLAKE3 of one stream (one rank, one core), the manifest's hash (training.manifest): 3.8 GB/s
-# measured on this project's CPU machine; taken as 3 GB/s.
+# BLAKE3 of one stream (one rank, one core), the manifest's hash (training.checkpoint.manifest): 3.8
+# GB/s measured on this project's CPU machine; taken as 3 GB/s.
 HASH_GBS = 3.0
 DEFAULT_FS_BANDWIDTH_GBS = 5.0
 
@@ -86,12 +86,12 @@ def checkpoint_estimate(
         largest = max(model_file + opt_shard, n * w)
     else:
         largest = max(model_file, n * w, opt_shard / dp)
-    copy = n * w * p.tp  # the TP shards of the weights (training.weights)
+    copy = n * w * p.tp  # the TP shards of the weights (training.checkpoint.weights)
     periodic_copy = copy if p.zero_stage >= 3 else 0.0
     sizes = dict(model=model_file * p.tp, optimizer=opt_shard * p.tp, weights=periodic_copy)
     total = sum(sizes.values()) + world * RNG_FILE_BYTES
     bandwidth = fs_bandwidth_gbs * 1e9
-    # Files are hashed whole, in byte-balanced shares over all ranks (training.manifest):
+    # Files are hashed whole, in byte-balanced shares over all ranks (training.checkpoint.manifest):
     # the slowest rank hashes at least the largest file or a 1/world share, and everything is
     # read back through the same file system (read bandwidth assumed equal to write).
     hash_s = max(max(largest, total / world) / (HASH_GBS * 1e9), total / bandwidth)

@@ -22,7 +22,7 @@ from megadyt.norms.calibration import CalibratedAlpha, calibrate_alpha, match_al
 from megadyt.norms.registry import norm_entry
 from megadyt.training.data import collate
 from megadyt.training.engine import whole_parameters
-from megadyt.training.rundir import RunDir
+from megadyt.training.run.layout import RunDir
 
 
 def wants_calibration(cfg: Config) -> bool:

@@ -16,8 +16,8 @@ from megadyt.config.schema import Config
 from megadyt.parallel.cpu_shims import skip_deepspeed_shm_comm
 from megadyt.parallel.distributed import launcher_variables
 from megadyt.parallel.mpu import MegatronMPU
+from megadyt.training.checkpoint.safe_load import make_checkpoint_loads_safe
 from megadyt.training.optim import parameter_groups
-from megadyt.training.safe_load import make_checkpoint_loads_safe
 
 
 def use_bf16(cfg: Config) -> bool:

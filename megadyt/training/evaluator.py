@@ -13,6 +13,7 @@ import torch
 
 from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
+from megadyt.training.cadence import Cadence
 from megadyt.training.data import collate
 from megadyt.training.engine import gradient_accumulation_steps
 from megadyt.training.metrics import MetricsWriter
@@ -30,6 +31,7 @@ class Evaluator:
                 "run `megadyt train`, or pass zero_shot=megadyt.evaluation.periodic.evaluate_model"
             )
         self.cfg, self.valid_data, self.zero_shot = cfg, valid_data, zero_shot
+        self.cadence = Cadence(cfg.train)
 
     @torch.no_grad()
     def validation_loss(self, engine) -> float | None:
@@ -49,12 +51,12 @@ class Evaluator:
     def run_due(self, step: int, engine, writer: MetricsWriter, tokens: float) -> None:
         """Whatever evaluation is due after 1-based `step`, logged at that step."""
         t = self.cfg.train
-        if step % t.eval_interval == 0 or step == t.steps:
+        if self.cadence.validates(step):
             valid = self.validation_loss(engine)
             if valid is not None:
                 writer.log(step, {"valid/loss": valid, "train/tokens": tokens})
                 writer.message(f"step {step}: validation loss {valid:.4f}")
-        if t.zero_shot_tasks and (step % t.zero_shot_interval == 0 or step == t.steps):
+        if self.cadence.scores_zero_shot(step):
             scores = self.zero_shot(engine.module, self.cfg, t.zero_shot_tasks, t.zero_shot_limit)
             writer.log(step, {**scores, "train/tokens": tokens})
             writer.message(

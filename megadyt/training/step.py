@@ -21,8 +21,7 @@ from megadyt.parallel.distributed import device
 from megadyt.parallel.mpu import MegatronMPU
 from megadyt.training.data import collate
 from megadyt.training.engine import gradient_accumulation_steps, use_bf16
-from megadyt.training.guard import StepGuard
-from megadyt.training.spikes import Spike
+from megadyt.training.guard import Spike, StepGuard
 
 
 class StepOutcome(NamedTuple):

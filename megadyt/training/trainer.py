@@ -13,7 +13,6 @@ The loop itself is short; its parts each live in their own module:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch.distributed as dist
@@ -25,27 +24,27 @@ from megadyt.model import build_model, norm_parameter_names, norm_scalars
 from megadyt.parallel.distributed import (
     device,
     from_all_ranks,
-    from_rank0,
     init_distributed,
     launcher_variables,
     seed_everything,
 )
+from megadyt.parallel.stop_signals import StopRequest
 from megadyt.parallel.watchdog import diagnose_collective_failure, is_collective_failure
-from megadyt.training import checkpoint
+from megadyt.training.cadence import Cadence
 from megadyt.training.calibrate import calibrate_model, log_calibration, wants_calibration
-from megadyt.training.checkpointer import AfterPublish, Checkpointer
+from megadyt.training.checkpoint import store
+from megadyt.training.checkpoint.checkpointer import AfterPublish, Checkpointer
+from megadyt.training.checkpoint.initial import initial_checkpoint, load_initial_weights
 from megadyt.training.data import build_train_valid
 from megadyt.training.engine import build_engine
 from megadyt.training.evaluator import Evaluator, ZeroShotScorer
 from megadyt.training.guard import StepGuard
-from megadyt.training.initial import initial_checkpoint, load_initial_weights
 from megadyt.training.metrics import MetricsProcessor, MetricsWriter
 from megadyt.training.optim import lr_at
-from megadyt.training.provenance import RunRecord, check_resume, config_digest, describe
-from megadyt.training.rundir import RunDir
-from megadyt.training.runlock import RunLock
+from megadyt.training.run.layout import RunDir
+from megadyt.training.run.provenance import RunRecord, config_digest
+from megadyt.training.run.session import open_run
 from megadyt.training.saturation import SaturationMonitor
-from megadyt.training.signals import StopRequest
 from megadyt.training.step import StepOutcome, StepRunner
 
 
@@ -96,7 +95,7 @@ class Trainer:
         self.initial = initial_checkpoint(self.run_dir)
         if self.initial is not None:
             load_initial_weights(model, self.initial, cfg.to_dict()["model"])
-        elif wants_calibration(cfg) and not checkpoint.has_checkpoint(self.run_dir):
+        elif wants_calibration(cfg) and not store.has_checkpoint(self.run_dir):
             self.calibration = calibrate_model(cfg, model, train_data)
         self.engine = build_engine(cfg, model, self.norm_names)
         self.guard = StepGuard(t, self.run_dir.checkpoints)
@@ -109,17 +108,13 @@ class Trainer:
             else None
         )
         self.last_norm_stats: dict[str, float] = {}
-        # the last step this invocation trains (train.stop_at_step can stop it early)
-        self.stop_at = min(t.steps, t.stop_at_step) if t.stop_at_step else t.steps
-
-    def _is_log_step(self, step: int) -> bool:
-        """Whether 1-based `step` is logged (the loop's own condition, before `applied`)."""
-        return step % self.cfg.train.log_interval == 0 or step == self.stop_at
+        self.cadence = Cadence(t)
+        self.stop_at = self.cadence.stop_at
 
     def train_step(self, step: int) -> StepOutcome:
         """Run optimizer step `step` (0-based) on the guard's global batch for it; at a log
         step the first micro-batch's forward also records every norm's input statistics."""
-        sample_norms = self.saturation is not None and self._is_log_step(step + 1)
+        sample_norms = self.saturation is not None and self.cadence.logs(step + 1)
         if sample_norms:
             self.saturation.arm()
         lr = lr_at(step, self.cfg.train) * self.guard.lr_scale
@@ -170,13 +165,13 @@ class Trainer:
                 step += 1
                 losses[step] = outcome.loss
                 self.guard.record(step, outcome.loss, outcome.applied, outcome.spikes, writer)
-                if outcome.applied and self._is_log_step(step):
+                if outcome.applied and self.cadence.logs(step):
                     self._log(step, outcome, writer, steps_here=step - first)
                 with self.metrics.paused():  # evaluation and saving are not throughput
                     self.evaluator.run_due(step, self.engine, writer, self.metrics.tokens_at(step))
                     stopping = self.stop.agreed()  # a collective: every rank, every step
                     saved = False
-                    if self.checkpointer.is_due(step, self.stop_at) or stopping:
+                    if self.cadence.saves(step) or stopping:
                         saved = self.checkpointer.save(step, self.client_state(step))
                 if stopping:
                     writer.message(self._stop_line(stopping, step, saved))
@@ -234,44 +229,6 @@ class Trainer:
         self.metrics.start_window()  # logging is not training time either
 
 
-@contextlib.contextmanager
-def open_run(cfg: Config, world_size: int, allow_config_change: bool) -> Iterator[RunRecord]:
-    """Hold the run for this start: rank 0 takes the run lock and checks a resume against the
-    run's config.yaml; every rank gets the verdict, so a refusal is the same one-line error
-    everywhere, before anything in the run directory is written."""
-    run, rank0, config = RunDir(cfg.run.dir), dist.get_rank() == 0, cfg.to_dict()
-    lock = RunLock(run.lock_file) if rank0 else None
-    verdict = None
-    if lock is not None:
-        try:
-            lock.acquire()
-            changes = check_resume(run, config, allow_config_change) if run.latest_tag() else {}
-            verdict = (None, changes, lock.warning)
-        except MegadytError as exc:
-            lock.release()
-            verdict = (str(exc), {}, None)
-    error, changes, warning = from_rank0(verdict)
-    if error:
-        raise MegadytError(error)
-    if rank0 and changes:
-        warning = (warning + "; " if warning else "") + (
-            f"the schedule changes on resume ({describe(changes, 9)}), allowed by "
-            f"--allow-config-change and recorded in {run.history}"
-        )
-    if rank0 and warning:
-        print(f"megadyt: warning: {warning}", flush=True)
-    record = RunRecord(run, config, world_size, changes, rank0)
-    try:
-        yield record
-    except BaseException as exc:
-        with contextlib.suppress(MegadytError):  # never hide the error behind a full disk
-            record.ended(None, f"error: {type(exc).__name__}: {str(exc)[:300]}")
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
-
-
 def train(
     cfg: Config,
     datasets=None,
@@ -283,7 +240,7 @@ def train(
     """Initialise distributed state, take the run, build data and engine, train. `datasets`
     (train, valid) overrides the config's data section (tests use it for synthetic token
     sources); `zero_shot` scores train.zero_shot_tasks (`megadyt train` passes lm-eval's);
-    `allow_config_change` lets a resume change the schedule (`megadyt.training.provenance`);
+    `allow_config_change` lets a resume change the schedule (`megadyt.training.run.provenance`);
     `stop` is a StopRequest its caller entered earlier (`megadyt train` does so before
     importing torch), else one is held for the duration of this call."""
     with contextlib.nullcontext(stop) if stop is not None else StopRequest() as held:

@@ -14,10 +14,10 @@ import time
 
 import pytest
 import torch
-from conftest import metrics_records
+from helpers import metrics_records
 
 from megadyt.parallel.testing import run_distributed
-from megadyt.training.spikes import SpikeDetector
+from megadyt.training.guard import SpikeDetector
 
 SMALL = [
     "model.num_layers=2",
@@ -234,8 +234,8 @@ def _resume(rank: int, world_size: int, run_dir: str, steps: int) -> str:
 
 
 def test_checkpoint_with_a_code_payload_is_refused_without_running_it(tmp_path):
-    from megadyt.training import manifest as manifest_module
-    from megadyt.training import rundir
+    from megadyt.training.checkpoint import manifest as manifest_module
+    from megadyt.training.run import layout as rundir
 
     assert (
         run_distributed(_resume, world_size=1, run_dir=str(tmp_path), steps=4)[0] == "trained to 4"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from megadyt.errors import MegadytError
 from megadyt.parallel.distributed import from_rank0
-from megadyt.training.rundir import RunDir
+from megadyt.training.run.layout import RunDir
 
 # How a model is computed, not what it is: free to change between save and resume.
 EXECUTION_ONLY_MODEL_KEYS = frozenset({"norm_impl", "attention_impl"})

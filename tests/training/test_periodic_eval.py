@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import ROOT, clean_env, train_command
+from helpers import ROOT, clean_env, train_command
 
 pytestmark = pytest.mark.multiprocess
 

@@ -1,5 +1,5 @@
-"""Checkpoint manifests hashed and verified by all ranks (megadyt.training.manifest): two ranks
-write one manifest that covers every file, and a damaged file of either rank is refused by
+"""Checkpoint manifests hashed and verified by all ranks (megadyt.training.checkpoint.manifest): two
+ranks write one manifest that covers every file, and a damaged file of either rank is refused by
 name on every rank."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import train_small
+from helpers import train_small
 
 from megadyt.parallel.testing import run_distributed
-from megadyt.training.manifest import MANIFEST_FORMAT, digest_of, shares
-from megadyt.training.rundir import RunDir, manifest_file
+from megadyt.training.checkpoint.manifest import MANIFEST_FORMAT, digest_of, shares
+from megadyt.training.run.layout import RunDir, manifest_file
 
 SHARDS = ("zero_pp_rank_0_", "zero_pp_rank_1_")  # rank 0's and rank 1's optimizer states
 
@@ -39,7 +39,7 @@ def _save_then_verify(rank: int, world_size: int, run_dir: str):
     import torch.distributed as dist
 
     from megadyt.parallel.distributed import init_distributed
-    from megadyt.training.checkpoint import choose_checkpoint
+    from megadyt.training.checkpoint.store import choose_checkpoint
 
     overrides = [f"run.dir={run_dir}", "parallel.zero_stage=1", "train.steps=2"]
     train_small([*overrides, "train.save_interval=2"])
@@ -104,7 +104,7 @@ def test_a_format_1_manifest_is_still_verified(tmp_path):
     import hashlib
 
     from megadyt.errors import MegadytError
-    from megadyt.training.checkpoint import verify_checkpoint
+    from megadyt.training.checkpoint.store import verify_checkpoint
 
     (tmp_path / "weights").mkdir()
     data = tmp_path / "weights" / "tp_rank_00.pt"

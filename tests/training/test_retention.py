@@ -15,14 +15,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TokenSource, small_config
+from helpers import TokenSource, small_config
 
 from megadyt.config import load_config
 from megadyt.errors import ConfigError
 from megadyt.parallel.testing import run_distributed
-from megadyt.training.checkpoint import choose_checkpoint
-from megadyt.training.retention import Retention, prune, steps_to_keep
-from megadyt.training.rundir import RunDir, manifest_file, step_of, tag_for
+from megadyt.training.checkpoint.retention import Retention, prune, steps_to_keep
+from megadyt.training.checkpoint.store import choose_checkpoint
+from megadyt.training.run.layout import RunDir, manifest_file, step_of, tag_for
 
 pytestmark = pytest.mark.multiprocess
 

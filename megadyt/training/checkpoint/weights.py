@@ -28,14 +28,14 @@ from megadyt.atomic import atomic_output
 from megadyt.config import Config, config_from_dict
 from megadyt.errors import MegadytError
 from megadyt.parallel.tp_shards import merge_tensor, tp_layout
-from megadyt.training.checkpoint import verify_checkpoint, verify_listed
-from megadyt.training.rundir import (
+from megadyt.training.checkpoint.safe_load import safe_load
+from megadyt.training.checkpoint.store import verify_checkpoint, verify_listed
+from megadyt.training.run.layout import (
     WEIGHTS_DIR,
     resolve_checkpoint,
     weights_file,
     weights_files,
 )
-from megadyt.training.safe_load import safe_load
 
 # DeepSpeed's name for the model states of TP rank N at ZeRO 0-2 (written by DP rank 0)
 DEEPSPEED_MODEL_STATES = "mp_rank_{:02d}_model_states.pt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from megadyt.errors import MegadytError
-from megadyt.training.rundir import (
+from megadyt.training.run.layout import (
     RunDir,
     checkpoint_step,
     resolve_checkpoint,
@@ -102,7 +102,7 @@ def test_config_copy_round_trips(tmp_path):
 
 def test_resume_fallback_orders_checkpoints_by_step_not_by_name(tmp_path):
     """Past step 9,999,999 the tags grow a digit: 'step_9999000' > 'step_10000000' as text."""
-    from megadyt.training.checkpoint import choose_checkpoint
+    from megadyt.training.checkpoint.store import choose_checkpoint
 
     run = RunDir(tmp_path)
     for step in (9_998_000, 9_999_000):

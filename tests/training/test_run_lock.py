@@ -1,4 +1,4 @@
-"""One writer per run (megadyt.training.runlock): a second `megadyt train` on a running run is
+"""One writer per run (megadyt.training.run.lock): a second `megadyt train` on a running run is
 refused naming the holder, stale locks are taken over, and the lease guards where file locks
 do not reach."""
 
@@ -15,11 +15,11 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, clean_env, metrics_records, run_cli, train_command
+from helpers import ROOT, clean_env, metrics_records, run_cli, train_command
 
 from megadyt.errors import MegadytError
-from megadyt.training.rundir import RunDir
-from megadyt.training.runlock import RunLock
+from megadyt.training.run.layout import RunDir
+from megadyt.training.run.lock import RunLock
 
 
 def _record(path, **fields) -> None:

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import train_small
+from helpers import train_small
 
 from megadyt.parallel.testing import run_distributed
 

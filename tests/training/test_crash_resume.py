@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, clean_env, logged_losses, train_command
+from helpers import ROOT, clean_env, logged_losses, train_command
 
 pytestmark = pytest.mark.multiprocess
 
@@ -135,7 +135,8 @@ def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
     """Two ranks under torchrun; rank 1 is SIGKILLed as soon as the directory of a new
     checkpoint appears (while that save is in progress, when the timing allows). Whatever the
     moment, `latest` must verify, and the rerun must continue with the uninterrupted losses."""
-    from megadyt.training import checkpoint, rundir
+    from megadyt.training.checkpoint import store
+    from megadyt.training.run import layout as rundir
 
     straight_dir, crash_dir = tmp_path / "straight", tmp_path / "crash"
     _run(_torchrun(train_command(straight_dir, 8, 2)))
@@ -156,7 +157,7 @@ def test_kill_9_of_one_rank_during_a_save_then_resume_matches(tmp_path):
             proc.wait()
     assert proc.returncode != 0
     tag = (ckpts / "latest").read_text().strip()
-    checkpoint.verify_checkpoint(ckpts / tag)  # raises if what `latest` names is incomplete
+    store.verify_checkpoint(ckpts / tag)  # raises if what `latest` names is incomplete
 
     _run(cmd)
     resumed = logged_losses(crash_dir)

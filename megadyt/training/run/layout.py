@@ -2,7 +2,7 @@
 
     RUN/config.yaml              the config the run trains with (written once checks pass)
     RUN/history.jsonl            one record per start and end of `megadyt train` (provenance)
-    RUN/lock                     who holds the run now (`training.runlock`)
+    RUN/lock                     who holds the run now (`training.run.lock`)
     RUN/calibration.json         calibrated α of a fresh DyT/Derf run
     RUN/metrics.jsonl            one JSON record per log step or event
     RUN/tb/                      TensorBoard events (training, and `megadyt eval --run-dir`)
@@ -13,19 +13,20 @@
         manifest.json            sizes and checksums; written last, so present = complete
         rng_rankNNNNN.pt         every generator's state, one file per rank
         weights/tp_rank_NN.pt    each TP shard's layout, and its weights where DeepSpeed's
-                                 files do not hold them (`training.weights`)
+                                 files do not hold them (`training.checkpoint.weights`)
         ...                      DeepSpeed's model and optimizer files; a run started by
                                  `megadyt import-hf` has a step_0000000 with the weights
-                                 files only (manifest kind "weights", `training.initial`)
+                                 files only (manifest kind "weights", `training.checkpoint.initial`)
     RUN/checkpoints/universal/step_NNNNNNN/
                                  DeepSpeed's universal form of that checkpoint, made when a
                                  run resumes it on another data-parallel size
-                                 (`training.reshard`); the newest conversion only
+                                 (`training.checkpoint.reshard`); the newest conversion only
     RUN/checkpoints/universal/step_NNNNNNN.log
                                  the conversion's output
     RUN/checkpoints/.deleting-step_NNNNNNN/
-                                 a checkpoint retention is deleting (`training.retention`);
-                                 never a step tag, so never read, and removed by the next pass
+                                 a checkpoint retention is deleting
+                                 (`training.checkpoint.retention`); never a step tag, so never read,
+                                 and removed by the next pass
 
 A `megadyt sweep` cell adds its own result.json, spec.json and train.log (megadyt.experiments).
 Changing a name or the tag format happens here; readers (resume, eval, export, compare, sweep)

@@ -23,10 +23,10 @@ from megadyt.atomic import atomic_output
 from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
 from megadyt.parallel.tp_shards import shard_state_dict, shard_tensor
-from megadyt.training.checkpoint import check_same_model
-from megadyt.training.manifest import WEIGHTS_ONLY, read_manifest, write_manifest
-from megadyt.training.rundir import RunDir, manifest_file, tag_for, weights_file, weights_files
-from megadyt.training.weights import load_into, load_tp1_weights, load_tp_shard
+from megadyt.training.checkpoint.manifest import WEIGHTS_ONLY, read_manifest, write_manifest
+from megadyt.training.checkpoint.store import check_same_model
+from megadyt.training.checkpoint.weights import load_into, load_tp1_weights, load_tp_shard
+from megadyt.training.run.layout import RunDir, manifest_file, tag_for, weights_file, weights_files
 
 
 def write_initial_run(

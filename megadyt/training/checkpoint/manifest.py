@@ -26,8 +26,8 @@ import torch.distributed as dist
 
 from megadyt.atomic import atomic_write_text
 from megadyt.errors import MegadytError
-from megadyt.parallel.distributed import from_all_ranks, from_rank0
-from megadyt.training.rundir import RunDir, manifest_file
+from megadyt.parallel.distributed import first_error, from_all_ranks, from_rank0
+from megadyt.training.run.layout import RunDir, manifest_file
 
 MANIFEST_FORMAT = 2
 # A weights-only manifest is format 3: a megadyt that predates it refuses it by name ("upgrade")
@@ -35,9 +35,9 @@ MANIFEST_FORMAT = 2
 WEIGHTS_ONLY_FORMAT = 3
 HASH = "blake3"  # what new manifests use; cryptographic, so a swapped file is caught too
 HASHES: dict[str, Callable] = {"blake3": blake3.blake3, "sha256": hashlib.sha256}
-# What a checkpoint holds: DeepSpeed's whole engine state (what training saves), or only the
-# weights files (a run's starting point made elsewhere, `training.initial`). Older manifests
-# have no "kind": they are ENGINE.
+# What a checkpoint holds: DeepSpeed's whole engine state (what training saves), or only the weights
+# files (a run's starting point made elsewhere, `training.checkpoint.initial`). Older manifests have
+# no "kind": they are ENGINE.
 ENGINE, WEIGHTS_ONLY = "engine", "weights"
 Entries = dict[str, dict]  # relative path -> {"bytes": ..., HASH: hex digest}
 
@@ -160,4 +160,4 @@ def verify_shared(tag_dir: Path) -> str | None:
         check_files(tag_dir, {rel: files[rel] for rel in mine}, manifest["hash"])
     except MegadytError as exc:
         error = str(exc)
-    return next((e for e in from_all_ranks(error) if e), None)
+    return first_error(error)

@@ -8,8 +8,9 @@ it whole in the model-state file, which any number of ranks loads). DeepSpeed's 
 data-parallel ranks changed:
 
 - rank 0 converts `checkpoints/step_N` into `checkpoints/universal/step_N`, in a fresh process
-  (DeepSpeed's tool through `training.universal_convert`, which only hides megatron-core's empty
-  `_extra_state` entries from it; its output goes to `universal/step_N.log`), under a temporary
+  (DeepSpeed's tool, run as `python -m megadyt.training.checkpoint.reshard`, which only hides
+  megatron-core's empty `_extra_state` entries from it: `convert_main`; its output goes to
+  `universal/step_N.log`), under a temporary
   name that is renamed when complete, so a crash never leaves a conversion that looks usable.
   A complete conversion is reused while the checkpoint's manifest is the one it was made from
   (a step re-saved after a fallback gets a new conversion); older ones are removed, and the
@@ -34,11 +35,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from megadyt.errors import MegadytError
 from megadyt.parallel.distributed import from_rank0
-from megadyt.training.rundir import RunDir, manifest_file
+from megadyt.training.run.layout import RunDir, manifest_file
 
 _MP_RANK = re.compile(r"mp_rank_(\d+)")
 PARTIAL_SUFFIX = ".converting"
@@ -92,7 +94,7 @@ def _convert(tag_dir: Path, out: Path, log: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     workers = max(1, min(8, (os.cpu_count() or 2) // 2))
     cmd = [
-        sys.executable, "-m", "megadyt.training.universal_convert",
+        sys.executable, "-m", "megadyt.training.checkpoint.reshard",
         "--input_folder", str(tag_dir), "--output_folder", str(partial),
         "--num_extract_workers", str(workers), "--num_merge_workers", str(max(1, workers // 2)),
         "--inject_missing_state",  # megatron-core models carry no UNIVERSAL_CHECKPOINT_INFO
@@ -174,3 +176,35 @@ def load_universal(engine, run: RunDir, tag: str):
         )  # fmt: skip
     finally:
         config.load_universal_checkpoint = False
+
+
+# -- the conversion process -------------------------------------------------------------------
+# `python -m megadyt.training.checkpoint.reshard --input_folder IN --output_folder OUT ...` runs
+# DeepSpeed's ds_to_universal unchanged. The tool copies every entry of a model-state file's
+# `module` dict as a tensor; megatron-core's parallel linear layers add `NAME._extra_state`
+# entries whose value is None (kept for Transformer Engine; they carry nothing), on which it
+# fails ("'NoneType' object has no attribute 'float'"). In that process only, `torch.load` drops
+# exactly those entries from what the tool reads; the files are not changed, and a universal
+# load never reads `_extra_state` (DeepSpeed restores the weights from the converted copies).
+
+
+def _load_without_empty_extra_state(*args, **kwargs):
+    state = _torch_load(*args, **kwargs)
+    module = state.get("module") if isinstance(state, dict) else None
+    if isinstance(module, dict):
+        for key in [k for k, v in module.items() if v is None and k.endswith("._extra_state")]:
+            del module[key]
+    return state
+
+
+def convert_main() -> None:
+    from deepspeed.checkpoint import ds_to_universal
+
+    torch.load = _load_without_empty_extra_state  # this process only: it exists for the tool
+    ds_to_universal.main(ds_to_universal.parse_arguments())
+
+
+_torch_load = torch.load
+
+if __name__ == "__main__":
+    convert_main()

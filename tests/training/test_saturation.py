@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import SMALL_TRAINING, TokenSource, metrics_records, train_small
+from helpers import SMALL_TRAINING, TokenSource, metrics_records, train_small
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megadyt.norms import Derf, DyT, RMSNorm

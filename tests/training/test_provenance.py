@@ -1,16 +1,16 @@
-"""Run provenance (megadyt.training.provenance): config.yaml changes only once every check has
+"""Run provenance (megadyt.training.run.provenance): config.yaml changes only once every check has
 passed, history.jsonl records each start and end, and a resume may not silently change the
 model or the schedule."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import TokenSource, metrics_records, small_config, train_small
+from helpers import TokenSource, metrics_records, small_config, train_small
 
 from megadyt.errors import MegadytError
 from megadyt.training.optim import lr_at
-from megadyt.training.provenance import config_digest
-from megadyt.training.rundir import RunDir
+from megadyt.training.run.layout import RunDir
+from megadyt.training.run.provenance import config_digest
 
 
 def _train(run_dir, overrides: list[str], allow_config_change: bool = False):

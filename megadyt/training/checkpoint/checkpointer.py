@@ -1,10 +1,10 @@
 """The checkpointer: when the loop saves, what goes into a checkpoint, and resuming from one.
 
-A checkpoint holds DeepSpeed's engine state, the caller's client state (step, data position,
-spike history), every rank's RNG and each TP shard's weights in a form one device can load
-(`training.weights`), all covered by the manifest. A failed save stops the run or, with
-`train.on_save_error=warn`, is reported and training goes on. After each published checkpoint
-rank 0 applies the retention policy (`training.retention`, train.keep_checkpoints) while the
+A checkpoint holds DeepSpeed's engine state, the caller's client state (step, data position, spike
+history), every rank's RNG and each TP shard's weights in a form one device can load
+(`training.checkpoint.weights`), all covered by the manifest. A failed save stops the run or, with
+`train.on_save_error=warn`, is reported and training goes on. After each published checkpoint rank 0
+applies the retention policy (`training.checkpoint.retention`, train.keep_checkpoints) while the
 other ranks wait, then the `after_publish` hook runs on every rank and sees what was kept.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import torch.distributed as dist
 
 from megadyt.config.schema import Config
-from megadyt.training import checkpoint
-from megadyt.training.reshard import remove_conversions
-from megadyt.training.retention import Retention, prune
-from megadyt.training.rundir import RunDir, tag_for
-from megadyt.training.weights import keeps_weights_copy, save_tp_shard
+from megadyt.training.checkpoint import store
+from megadyt.training.checkpoint.reshard import remove_conversions
+from megadyt.training.checkpoint.retention import Retention, prune
+from megadyt.training.checkpoint.weights import keeps_weights_copy, save_tp_shard
+from megadyt.training.run.layout import RunDir, tag_for
 
 # (the run, the step just published) -> None; called on every rank after a successful save.
 AfterPublish = Callable[[RunDir, int], None]
@@ -35,16 +35,12 @@ class Checkpointer:
         self.retention = Retention.from_config(cfg.train)
         self.model_identity = cfg.to_dict()["model"]  # refused on resume if it differs
 
-    def is_due(self, step: int, stop_at: int) -> bool:
-        """Whether 1-based `step` ends on a save: every train.save_interval, and the last step."""
-        return step % self.cfg.train.save_interval == 0 or step == stop_at
-
     def tag_dir(self, step: int) -> Path:
         return self.run.tag_dir(tag_for(step))
 
     def load(self) -> dict | None:
         """The client state of the checkpoint `latest` names (verified first), or None."""
-        return checkpoint.load_checkpoint(
+        return store.load_checkpoint(
             self.engine, self.run, self.cfg.train.resume_fallback, model=self.model_identity
         )
 
@@ -52,7 +48,7 @@ class Checkpointer:
         """Save and publish a checkpoint of `step` (every rank). False when it failed and
         train.on_save_error=warn let training go on; a failure raises otherwise."""
         try:
-            checkpoint.save_checkpoint(
+            store.save_checkpoint(
                 self.engine,
                 self.run,
                 step,
@@ -62,7 +58,7 @@ class Checkpointer:
                 ),
                 model=self.model_identity,
             )
-        except checkpoint.CheckpointSaveError as exc:
+        except store.CheckpointSaveError as exc:
             if self.cfg.train.on_save_error == "stop":
                 raise
             if dist.get_rank() == 0:

@@ -7,7 +7,7 @@ whose step is a multiple of M, forever. The checkpoint `latest` names and every 
 newer than it (complete or not: a save in progress, or the newer checkpoints of an earlier branch
 after a fallback) are never deleted. Older step directories without a manifest are what crashed
 saves leave behind; they are deleted too, as a failed save already removes its own partial
-directory (`checkpoint.save_checkpoint`).
+directory (`store.save_checkpoint`).
 
 The policy (`steps_to_keep`) is a pure function; `prune` does the file work on rank 0 after a
 checkpoint is published, when every rank has finished writing. A deletion is crash-safe:
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megadyt.config.schema import TrainConfig
-from megadyt.training.rundir import RunDir, manifest_file, step_of
+from megadyt.training.run.layout import RunDir, manifest_file, step_of
 
 
 def steps_to_keep(

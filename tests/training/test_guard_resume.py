@@ -4,7 +4,7 @@ nor restarts train.max_bad_steps' count of consecutive ones."""
 from __future__ import annotations
 
 import pytest
-from conftest import TokenSource, train_small
+from helpers import TokenSource, train_small
 
 from megadyt.errors import MegadytError
 

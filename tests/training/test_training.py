@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TokenSource, small_config, train_small
+from helpers import TokenSource, small_config, train_small
 
 from megadyt.errors import MegadytError
 from megadyt.parallel.testing import run_distributed
@@ -68,9 +68,9 @@ def _validation_loss_of_tp1_export(rank: int, world_size: int, run_dirs: list[st
     from megadyt.interop.hf_export import TokenizerSource, write_hf_export
     from megadyt.model import build_model
     from megadyt.parallel.distributed import init_distributed, seed_everything
+    from megadyt.training.checkpoint.weights import load_tp1_weights
     from megadyt.training.data import collate
     from megadyt.training.step import loss_of
-    from megadyt.training.weights import load_tp1_weights
 
     init_distributed(tp=1)
     seed_everything(0)
@@ -149,7 +149,7 @@ def test_same_loss_curve_for_every_parallel_layout(tmp_path):
         assert hf_diff <= 1e-4, (path, hf_diff)  # transformers computes the same logits
     # weights read from DeepSpeed's file are checked against the manifest like a weights copy
     from megadyt.errors import MegadytError
-    from megadyt.training.weights import load_tp1_weights
+    from megadyt.training.checkpoint.weights import load_tp1_weights
 
     copy = tmp_path / "copy" / "step_0000005"
     shutil.copytree(tmp_path / "tp2sp" / "checkpoints" / "step_0000005", copy)

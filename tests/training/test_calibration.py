@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_TRAINING, train_small
+from helpers import SMALL_TRAINING, train_small
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megadyt.errors import MegadytError

@@ -2,10 +2,10 @@
 
 DeepSpeed writes model, optimizer (ZeRO partitions) and client state into a step directory; each
 rank adds its RNG states. Only when every rank has finished are the files hashed (by all ranks,
-`training.manifest`), the manifest written and `latest` replaced atomically, so a crash mid-save
-leaves `latest` on the previous complete checkpoint. Loading verifies the manifest first, again
-across all ranks. Where the files live is `RunDir`'s business; when to save, and what else goes
-in, is the `Checkpointer`'s.
+`training.checkpoint.manifest`), the manifest written and `latest` replaced atomically, so a crash
+mid-save leaves `latest` on the previous complete checkpoint. Loading verifies the manifest first,
+again across all ranks. Where the files live is `RunDir`'s business; when to save, and what else
+goes in, is the `Checkpointer`'s.
 """
 
 from __future__ import annotations
@@ -21,28 +21,22 @@ from megatron.core import parallel_state
 
 from megadyt.atomic import atomic_output
 from megadyt.errors import MegadytError
-from megadyt.parallel.distributed import device, from_all_ranks, from_rank0
-from megadyt.training import reshard
-from megadyt.training.manifest import (
+from megadyt.parallel.distributed import first_error, from_rank0
+from megadyt.training.checkpoint import reshard
+from megadyt.training.checkpoint.manifest import (
     WEIGHTS_ONLY,
     check_files,
     read_manifest,
     verify_shared,
     write_manifest,
 )
-from megadyt.training.provenance import describe, model_changes
-from megadyt.training.rng import rng_state, set_rng_state
-from megadyt.training.rundir import RunDir, manifest_file, rng_file, step_of, tag_for
+from megadyt.training.checkpoint.rng import rng_state, set_rng_state
+from megadyt.training.run.layout import RunDir, manifest_file, rng_file, step_of, tag_for
+from megadyt.training.run.provenance import describe, model_changes
 
 
 class CheckpointSaveError(MegadytError):
     """A save failed on some rank (disk full, unwritable dir); `latest` was not moved."""
-
-
-def _any_rank(flag: bool) -> bool:
-    t = torch.tensor([1.0 if flag else 0.0], device=device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def describe_write_error(exc: Exception, fallback_path: Path) -> str:
@@ -99,7 +93,7 @@ def save_checkpoint(
             before_publish(tag_dir)
     except Exception as exc:  # noqa: BLE001 - any failure of a write is a failed save
         error = f"rank {rank}: {describe_write_error(exc, tag_dir)}"
-    failed = _any_rank(error is not None)
+    failed = first_error(error) is not None
     if not failed:
         try:  # every rank hashes its share of the files; rank 0 writes the manifest
             write_manifest(tag_dir, step, model)
@@ -110,8 +104,8 @@ def save_checkpoint(
             run.publish_latest(tag)
         except Exception as exc:  # noqa: BLE001
             error = f"rank 0: {describe_write_error(exc, manifest_file(tag_dir))}"
-    if _any_rank(error is not None):
-        first = next(m for m in from_all_ranks(error) if m)
+    first = first_error(error)
+    if first is not None:
         previous = run.latest_tag()
         if rank == 0 and previous != tag:
             shutil.rmtree(tag_dir, ignore_errors=True)
@@ -223,7 +217,8 @@ def load_checkpoint(
                 f"the only checkpoint that verifies is {tag_dir}, the run's imported weights; "
                 f"to restart from them, write {tag} into {run.latest_file} and rerun"
             )
-        return None  # the run's starting weights (`training.initial`), loaded before the engine
+        # the run's starting weights (`training.checkpoint.initial`), loaded before the engine
+        return None
     saved_world, world = manifest["world_size"], dist.get_world_size()
     tp = parallel_state.get_tensor_model_parallel_world_size()
     if reshard.needs_universal(engine, tag_dir, saved_world, tp, world):

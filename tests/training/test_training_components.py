@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TokenSource, metrics_records, small_config
+from helpers import TokenSource, metrics_records, small_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from megadyt.atomic import temp_path
@@ -19,7 +19,7 @@ from megadyt.parallel.testing import run_distributed
 from megadyt.training.evaluator import Evaluator
 from megadyt.training.guard import StepGuard
 from megadyt.training.metrics import MetricsProcessor, MetricsWriter
-from megadyt.training.rundir import RunDir, tag_for
+from megadyt.training.run.layout import RunDir, tag_for
 
 
 def _writer(tmp_path) -> tuple[RunDir, MetricsWriter]:
@@ -185,7 +185,7 @@ def _checkpointer(rank: int, world_size: int, run_dir: str) -> dict:
         cfg, TokenSource(80, 32, 0), None, after_publish=lambda r, s: published.append(s)
     )
     ckpt = trainer.checkpointer
-    due = [s for s in range(1, 11) if ckpt.is_due(s, stop_at=10)]
+    due = [s for s in range(1, 11) if trainer.cadence.saves(s)]
     trainer.train_step(0)
     weights = {n: p.detach().clone() for n, p in trainer.engine.module.named_parameters()}
     saved = ckpt.save(1, trainer.client_state(1))
