@@ -1,67 +1,68 @@
-"""The embedded default corpus: the running Python's standard library, built on first use.
+"""Building a built-in corpus from a recipe: documents, tokenizer, tokenized datasets.
 
-Every Python installation has a few MB of real code and English prose (docstrings), a little
-like The Pile's GitHub and documentation parts, so the tiny configs train on real text with no
-download. Layout under `cache_dir/builtin/stdlib-v1-py311/`:
+A recipe (`stdlib.StdlibRecipe`, `pypackages.PackagesRecipe`) says what the documents are; this
+module owns how every built-in corpus is laid out, built and reused. Under
+`cache_dir/builtin/<recipe tag>/`:
 
-    corpus/train.jsonl, corpus/heldout.jsonl   Pile-format documents (two per module:
-                                               `StdlibCode` = the source, `StdlibDocs` = its
-                                               docstrings as prose)
+    sources.json                               what the corpus was built from (the recipe's record)
+    corpus/train.jsonl, corpus/heldout.jsonl   Pile-format documents
     tokenizer.model                            LLaMA-style BPE, vocab 4096, trained on train.jsonl
-    tok-<sha>/stdlib_train.{bin,idx}           train.jsonl tokenized with the tokenizer whose
-    tok-<sha>/stdlib_heldout.{bin,idx}         file hash is <sha> (any tokenizer can be used)
+    tok-<sha>/<name>_train.{bin,idx}           train.jsonl tokenized with the tokenizer whose
+    tok-<sha>/<name>_heldout.{bin,idx}         file hash is <sha> (any tokenizer can be used)
 
-Held-out modules (a fixed hash-chosen few) are never in the training prefix; they serve
-validation of held-out text and evaluation tasks. Modules are sampled by a stable hash of their
-path up to `TEXT_BUDGET` characters, so the build takes seconds. Each file is written under a
-temporary name and renamed; a lock file serialises concurrent builders; complete files are reused.
+The tag names the inputs (Python version, package versions), so a build never mixes sources:
+other inputs get another directory. Every file is written under a temporary name and renamed;
+a lock file serialises concurrent builders; complete files are reused. A build that would not
+fit on the disk is refused before it starts.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
+import shutil
 import sys
-import sysconfig
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from megadyt.atomic import atomic_output, file_lock
-from megadyt.config.schema import DataConfig
+from megadyt.atomic import atomic_output, atomic_write_text, file_lock
 from megadyt.data.pile import iter_texts
 from megadyt.data.prepare import prepare_data
 from megadyt.data.spm import train_sentencepiece
 from megadyt.errors import MegadytError
 
-NAME = "stdlib"
-VERSION = "v1"
 VOCAB_SIZE = 4096
-TEXT_BUDGET = 4_000_000  # characters of module source in the training corpus
-HELDOUT_MODULES = 24
-MAX_MODULE_BYTES = 300_000  # skip generated tables and huge data modules
-MIN_MODULE_CHARS = 200  # skip empty __init__.py files and stubs
-SKIP_DIRS = {
-    "site-packages",
-    "dist-packages",
-    "test",
-    "tests",
-    "idle_test",
-    "__pycache__",
-    "encodings",
-    "lib2to3",
-    "ensurepip",
-    "pydoc_data",
-    "turtledemo",
-    "config-3",
-    "lib-dynload",
-}
-BUILTIN_PREFIX = "builtin:"
-SPECS = {
-    "builtin:stdlib": "train",
-    "builtin:stdlib-heldout": "heldout",
-}
+PARTS = ("train", "heldout")
+DISK_MARGIN = 64 << 20  # bytes kept free beyond a build's estimate (logs, checkpoints)
+
+
+@dataclass
+class Selection:
+    """A recipe's documents, in the order they are written, and the record of their sources."""
+
+    train: list[dict] = field(default_factory=list)  # Pile-format records {"text", "meta"}
+    heldout: list[dict] = field(default_factory=list)
+    record: dict = field(default_factory=dict)  # written to sources.json
+
+
+class Recipe(Protocol):
+    name: str  # the corpus is `builtin:<name>`, its held-out part `builtin:<name>-heldout`
+    workers: int  # at most this many tokenizer processes for its datasets
+    tokenizer_sample_chars: int | None  # characters of train.jsonl the tokenizer sees (None: all)
+    tokenizer_sample_lines: int  # SentencePiece's input_sentence_size
+
+    def tag(self) -> str:
+        """The cache directory's name: it changes whenever the documents could."""
+        ...
+
+    def estimate_bytes(self) -> int:
+        """Disk space the whole build needs, at most (read from file sizes: cheap)."""
+        ...
+
+    def select(self) -> Selection: ...
 
 
 @dataclass(frozen=True)
@@ -69,207 +70,142 @@ class CorpusFiles:
     root: str
     train_jsonl: str
     heldout_jsonl: str
+    sources_json: str
 
 
-def _root(cache_dir: str) -> str:
-    tag = f"{NAME}-{VERSION}-py{sys.version_info.major}{sys.version_info.minor}"
-    return os.path.join(os.path.abspath(cache_dir), "builtin", tag)
+FreeBytes = Callable[[str], int]
 
 
-def _log(msg: str) -> None:
+def disk_free(path: str) -> int:
+    """Free bytes on the file system that holds `path` (or its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
+
+
+def log(msg: str) -> None:
     print(f"megadyt: {msg}", file=sys.stderr, flush=True)
 
 
-def _stdlib_modules() -> list[tuple[str, str]]:
-    """(module name, path) of the stdlib's .py files, sorted, tests and data modules excluded."""
-    root = sysconfig.get_paths()["stdlib"]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-        for filename in sorted(filenames):
-            if not filename.endswith(".py"):
-                continue
-            path = os.path.join(dirpath, filename)
-            rel = os.path.relpath(path, root)[: -len(".py")]
-            module = rel.replace(os.sep, ".").removesuffix(".__init__")
-            out.append((module, path))
-    return sorted(out)
+def check_disk(recipe: Recipe, root: str, needed: int, free_bytes: FreeBytes) -> None:
+    """Refuse a build step that would not fit on the disk of `root`, before writing anything."""
+    free = free_bytes(root)
+    if free < needed + DISK_MARGIN:
+        raise MegadytError(
+            f"not enough disk space to build builtin:{recipe.name} under {root}: it needs about "
+            f"{(needed + DISK_MARGIN) / 1e6:,.0f} MB and {free / 1e6:,.0f} MB are free; free some "
+            "space or point data.cache_dir (prepare-data --cache-dir) at a larger disk"
+        )
 
 
-def _docstrings(module: str, source: str) -> str:
-    """The module's docstrings as prose: one paragraph per documented module/class/function."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return ""
-    parts = []
-    doc = ast.get_docstring(tree)
-    if doc:
-        parts.append(f"Module {module}\n\n{doc}")
-
-    def visit(node: ast.AST, qual: str) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                name = f"{qual}.{child.name}"
-                child_doc = ast.get_docstring(child)
-                if child_doc:
-                    kind = "Class" if isinstance(child, ast.ClassDef) else "Function"
-                    parts.append(f"{kind} {name}\n\n{child_doc}")
-                visit(child, name)
-
-    visit(tree, module)
-    return "\n\n".join(parts)
-
-
-def _write_corpus(files: CorpusFiles) -> None:
-    modules = _stdlib_modules()
-    if not modules:
-        raise MegadytError(f"no standard library sources under {sysconfig.get_paths()['stdlib']}")
-    # A stable pseudo-random order (hash of the module name): the same sample on every machine
-    # with the same Python version, and not biased to the start of the alphabet.
-    modules.sort(key=lambda item: hashlib.sha256(item[0].encode()).hexdigest())
-    heldout, train, used = [], [], 0
-    for module, path in modules:
-        if os.path.getsize(path) > MAX_MODULE_BYTES:
-            continue
-        try:
-            with open(path, encoding="utf-8") as handle:
-                source = handle.read()
-        except (UnicodeDecodeError, OSError):
-            continue
-        if len(source.strip()) < MIN_MODULE_CHARS:
-            continue
-        if len(heldout) < HELDOUT_MODULES:
-            heldout.append((module, source))
-        elif used < TEXT_BUDGET:
-            train.append((module, source))
-            used += len(source)
-    for target, items in ((files.train_jsonl, train), (files.heldout_jsonl, heldout)):
-        with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8") as out:
-            for module, source in sorted(items):
-                meta = {"pile_set_name": "StdlibCode", "module": module}
-                out.write(json.dumps({"text": source, "meta": meta}, ensure_ascii=False) + "\n")
-                docs = _docstrings(module, source)
-                if docs:
-                    meta = {"pile_set_name": "StdlibDocs", "module": module}
-                    out.write(json.dumps({"text": docs, "meta": meta}, ensure_ascii=False) + "\n")
-
-
-def ensure_stdlib_corpus(cache_dir: str) -> CorpusFiles:
-    """The stdlib corpus as Pile-format JSON lines (built on first use, then reused)."""
-    root = _root(cache_dir)
-    files = CorpusFiles(
+def corpus_files(recipe: Recipe, cache_dir: str) -> CorpusFiles:
+    root = os.path.join(os.path.abspath(cache_dir), "builtin", recipe.tag())
+    return CorpusFiles(
         root,
         os.path.join(root, "corpus", "train.jsonl"),
         os.path.join(root, "corpus", "heldout.jsonl"),
+        os.path.join(root, "sources.json"),
     )
-    if os.path.exists(files.train_jsonl) and os.path.exists(files.heldout_jsonl):
+
+
+def _complete(files: CorpusFiles) -> bool:
+    return os.path.exists(files.train_jsonl) and os.path.exists(files.heldout_jsonl)
+
+
+def write_jsonl(path: str, records: Iterable[dict]) -> None:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def ensure_corpus(recipe: Recipe, cache_dir: str, free_bytes: FreeBytes = disk_free) -> CorpusFiles:
+    """The recipe's corpus as Pile-format JSON lines (built on first use, then reused).
+    sources.json is written first and train.jsonl last, so a corpus whose JSON lines both
+    exist is complete."""
+    files = corpus_files(recipe, cache_dir)
+    if _complete(files):
         return files
-    with file_lock(os.path.join(root, ".lock")):
-        if not (os.path.exists(files.train_jsonl) and os.path.exists(files.heldout_jsonl)):
+    with file_lock(os.path.join(files.root, ".lock")):
+        if not _complete(files):
+            check_disk(recipe, files.root, recipe.estimate_bytes(), free_bytes)
             start = time.perf_counter()
-            _log(f"building the built-in stdlib corpus under {root} (first use)")
-            _write_corpus(files)
-            _log(f"stdlib corpus written in {time.perf_counter() - start:.1f} s")
+            log(f"building the built-in {recipe.name} corpus under {files.root} (first use)")
+            selection = recipe.select()
+            atomic_write_text(files.sources_json, json.dumps(selection.record, indent=1) + "\n")
+            write_jsonl(files.heldout_jsonl, selection.heldout)
+            write_jsonl(files.train_jsonl, selection.train)
+            mb = os.path.getsize(files.train_jsonl) / 1e6
+            log(
+                f"{recipe.name} corpus written in {time.perf_counter() - start:.1f} s: "
+                f"{len(selection.train):,} training documents ({mb:,.1f} MB), "
+                f"{len(selection.heldout):,} held-out"
+            )
     return files
 
 
-def heldout_texts(cache_dir: str) -> list[str]:
-    """Every held-out document of the stdlib corpus, then each of their non-empty lines: the
-    texts on which a converted tokenizer must reproduce SentencePiece (whole documents, and
-    lines that start mid-indentation, i.e. with spaces)."""
-    with open(ensure_stdlib_corpus(cache_dir).heldout_jsonl, encoding="utf-8") as handle:
-        documents = [json.loads(line)["text"] for line in handle if line.strip()]
-    return documents + [line for doc in documents for line in doc.split("\n") if line]
+def _sample(texts: Iterable[str], chars: int | None) -> Iterator[str]:
+    """The first documents of `texts` up to `chars` characters (all of them for None)."""
+    used = 0
+    for text in texts:
+        if chars is not None and used >= chars:
+            return
+        used += len(text)
+        yield text
 
 
-def builtin_tokenizer_path(spec: str, cache_dir: str) -> str:
-    """The built-in tokenizer's .model file, trained on the stdlib corpus on first use."""
-    if spec != "builtin:stdlib":
-        raise MegadytError(
-            f"unknown built-in tokenizer {spec!r}; the built-in one is builtin:stdlib"
-        )
-    files = ensure_stdlib_corpus(cache_dir)
+def ensure_tokenizer(recipe: Recipe, cache_dir: str, free_bytes: FreeBytes = disk_free) -> str:
+    """The recipe's tokenizer .model file, trained on (a sample of) its training documents on
+    first use. The sample is the first documents of train.jsonl (a recipe writes them in a
+    stable pseudo-random order) and stays under SentencePiece's sentence limit, so SentencePiece
+    draws no random sample of its own: the same documents give the same model."""
+    files = ensure_corpus(recipe, cache_dir, free_bytes)
     path = os.path.join(files.root, "tokenizer.model")
     if os.path.exists(path):
         return path
     with file_lock(os.path.join(files.root, ".lock")):
         if not os.path.exists(path):
             start = time.perf_counter()
-            _log(f"training the built-in tokenizer (vocab {VOCAB_SIZE}) on the stdlib corpus")
-            train_sentencepiece(
-                iter_texts([files.train_jsonl]), VOCAB_SIZE, path, sample_lines=300_000
-            )
-            _log(f"built-in tokenizer written to {path} in {time.perf_counter() - start:.1f} s")
+            sample = recipe.tokenizer_sample_chars
+            size = "all of" if sample is None else f"the first {sample / 1e6:,.0f}M characters of"
+            log(f"training the built-in tokenizer (vocab {VOCAB_SIZE}) on {size} {recipe.name}")
+            texts = _sample(iter_texts([files.train_jsonl]), sample)
+            train_sentencepiece(texts, VOCAB_SIZE, path, sample_lines=recipe.tokenizer_sample_lines)
+            log(f"built-in tokenizer written to {path} in {time.perf_counter() - start:.1f} s")
     return path
 
 
-def tokenizer_model_path(spec: str, cache_dir: str) -> str:
-    """The absolute `.model` path a tokenizer spec (data.tokenizer, --tokenizer) names: a file,
-    or `builtin:stdlib` (trained under `cache_dir` on first use). The one place specs resolve."""
-    if spec.startswith(BUILTIN_PREFIX):
-        return builtin_tokenizer_path(spec, cache_dir)
-    if not os.path.isfile(spec):
-        raise MegadytError(
-            f"data.tokenizer file {spec!r} not found; set it to a SentencePiece .model file "
-            "(e.g. LLaMA-2's tokenizer.model) or to builtin:stdlib"
-        )
-    return os.path.abspath(spec)
-
-
-def _file_hash(path: str) -> str:
+def file_hash(path: str) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()[:16]
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
-def ensure_stdlib_dataset(cache_dir: str, tokenizer_path: str, part: str = "train") -> str:
-    """The indexed-dataset prefix of the stdlib corpus (`train` or `heldout`) tokenized with
+def ensure_dataset(
+    recipe: Recipe,
+    cache_dir: str,
+    tokenizer_path: str,
+    part: str = "train",
+    free_bytes: FreeBytes = disk_free,
+) -> str:
+    """The indexed-dataset prefix of the recipe's corpus (`train` or `heldout`) tokenized with
     `tokenizer_path`; built on first use, reused when its .idx exists."""
-    if part not in ("train", "heldout"):
+    if part not in PARTS:
         raise ValueError(f"part must be 'train' or 'heldout', not {part!r}")
-    files = ensure_stdlib_corpus(cache_dir)
-    out_dir = os.path.join(files.root, f"tok-{_file_hash(tokenizer_path)}")
-    prefix = os.path.join(out_dir, f"stdlib_{part}")
+    files = ensure_corpus(recipe, cache_dir, free_bytes)
+    out_dir = os.path.join(files.root, f"tok-{file_hash(tokenizer_path)}")
+    prefix = os.path.join(out_dir, f"{recipe.name}_{part}")
     if os.path.exists(prefix + ".idx") and os.path.exists(prefix + ".bin"):
         return prefix
     with file_lock(os.path.join(files.root, ".lock")):
         if not (os.path.exists(prefix + ".idx") and os.path.exists(prefix + ".bin")):
             source = files.train_jsonl if part == "train" else files.heldout_jsonl
-            _log(f"tokenizing the stdlib {part} corpus into {prefix}")
-            workers = max(1, min(4, len(os.sched_getaffinity(0))))
+            # ≤ 2 bytes a token and ≥ 1 character of JSON a token: the .bin is smaller
+            check_disk(recipe, files.root, os.path.getsize(source), free_bytes)
+            workers = max(1, min(recipe.workers, len(os.sched_getaffinity(0))))
+            log(f"tokenizing the {recipe.name} {part} corpus into {prefix} ({workers} workers)")
             summary = prepare_data([source], tokenizer_path, prefix, workers=workers)
-            _log(f"stdlib {part}: {summary.line()}")
+            log(f"{recipe.name} {part}: {summary.line()}")
     return prefix
-
-
-def check_prefix(prefix: str) -> None:
-    missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
-    if missing:
-        raise MegadytError(
-            f"dataset prefix {prefix!r} is incomplete: {', '.join(missing)} not found; "
-            "create it with `megadyt prepare-data --output-prefix PREFIX` or fix data.prefixes"
-        )
-
-
-def resolve_data(data_cfg: DataConfig) -> tuple[list[str], str]:
-    """(concrete dataset prefixes, concrete tokenizer .model path) for a `DataConfig`.
-
-    `builtin:stdlib` (in `prefixes` or `tokenizer`) is built under `data_cfg.cache_dir` on first
-    use; `builtin:stdlib-heldout` names the held-out part. Other prefixes must exist. Call it on
-    rank 0 first, then (after a barrier) on every rank: the others only find complete files.
-    """
-    cache_dir = data_cfg.cache_dir
-    tokenizer_path = tokenizer_model_path(data_cfg.tokenizer, cache_dir)
-    prefixes = []
-    for prefix in data_cfg.prefixes or ["builtin:stdlib"]:
-        if prefix.startswith(BUILTIN_PREFIX):
-            if prefix not in SPECS:
-                raise MegadytError(
-                    f"unknown built-in dataset {prefix!r} in data.prefixes; known: "
-                    + ", ".join(SPECS)
-                )
-            prefixes.append(ensure_stdlib_dataset(cache_dir, tokenizer_path, SPECS[prefix]))
-        else:
-            check_prefix(prefix)
-            prefixes.append(prefix)
-    return prefixes, tokenizer_path
