@@ -104,7 +104,9 @@ class Trainer:
         self.checkpointer = Checkpointer(cfg, self.engine, self.run_dir, after_publish)
         self.metrics = MetricsProcessor(cfg, dist.get_world_size())
         self.saturation = (
-            SaturationMonitor(self.engine.module, t.saturation_patience)
+            SaturationMonitor(
+                self.engine.module, t.saturation_patience, t.resolved_regime_diagnostic_step
+            )
             if t.saturation_monitor
             else None
         )
@@ -119,7 +121,9 @@ class Trainer:
     def train_step(self, step: int) -> StepOutcome:
         """Run optimizer step `step` (0-based) on the guard's global batch for it; at a log
         step the first micro-batch's forward also records every norm's input statistics."""
-        sample_norms = self.saturation is not None and self._is_log_step(step + 1)
+        sample_norms = self.saturation is not None and (
+            self._is_log_step(step + 1) or self.saturation.diagnosis_due(step + 1)
+        )
         if sample_norms:
             self.saturation.arm()
         lr = lr_at(step, self.cfg.train) * self.guard.lr_scale
@@ -172,6 +176,8 @@ class Trainer:
                 self.guard.record(step, outcome.loss, outcome.applied, outcome.spikes, writer)
                 if outcome.applied and self._is_log_step(step):
                     self._log(step, outcome, writer, steps_here=step - first)
+                if self.saturation is not None:
+                    self.saturation.diagnose(step, self.last_norm_stats, writer)
                 with self.metrics.paused():  # evaluation and saving are not throughput
                     self.evaluator.run_due(step, self.engine, writer, self.metrics.tokens_at(step))
                     stopping = self.stop.agreed()  # a collective: every rank, every step
