@@ -176,6 +176,9 @@ class DataConfig:
     split: str = "98,1,1"  # train/valid/test, megatron-core's split string
     tokenizer: str = "builtin:stdlib"  # a SentencePiece .model file, or the built-in one
     cache_dir: str = "data_cache"  # megatron-core's dataset index cache and built-in corpora
+    # Seed of the validation samples' shuffle; None: train.seed. Pin it to score runs of
+    # different seeds on the same validation samples (benchmarks/regime_ladder.py does).
+    valid_seed: int | None = None
     num_workers: int = 0
 
 
