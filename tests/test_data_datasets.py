@@ -109,6 +109,23 @@ def test_same_seed_same_samples(setup):
     assert blue > red > 0
 
 
+def test_valid_seed_pins_the_validation_samples(setup):
+    """Two training seeds draw other validation samples, unless data.valid_seed pins them;
+    the training samples still follow train.seed."""
+    root, model, _, prefixes = setup
+    tok = load_tokenizer(model)
+    runs = {}
+    for seed, valid_seed in ((1, None), (2, None), (1, 7), (2, 7)):
+        cfg = _cfg(root, model, [prefixes["red"]], seed=seed, cache="cv")
+        cfg.data.valid_seed = valid_seed
+        runs[seed, valid_seed] = build_datasets(cfg, tok, (40, 12, 0))[:2]
+    assert not torch.equal(_samples(runs[1, None][1]), _samples(runs[2, None][1]))
+    assert torch.equal(_samples(runs[1, 7][1]), _samples(runs[2, 7][1]))
+    assert not torch.equal(_samples(runs[1, 7][1]), _samples(runs[1, None][1]))
+    assert torch.equal(_samples(runs[1, 7][0]), _samples(runs[1, None][0]))
+    assert not torch.equal(_samples(runs[1, 7][0]), _samples(runs[2, 7][0]))
+
+
 def test_vocab_larger_than_model(setup):
     root, model, big, prefixes = setup
     cfg = _cfg(root, big, [prefixes["big"]])

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from megadyt.data.builtin import SPECS, ensure_stdlib_corpus
+from megadyt.data.builtin import builtin_jsonl
 from megadyt.data.pile import expand_inputs
 from megadyt.data.prepare import prepare_data
 from megadyt.data.tokenizer import load_tokenizer
@@ -27,14 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         metavar="FILES_OR_GLOB",
         help="Pile-format .jsonl/.jsonl.zst files or globs, .parquet/.arrow files, a `datasets` "
-        "hub name, or builtin:stdlib (the embedded corpus; builtin:stdlib-heldout: its "
-        "held-out part)",
+        "hub name, or a built-in corpus: builtin:stdlib, builtin:pypackages (built on first "
+        "use; builtin:NAME-heldout: its held-out part)",
     )
     parser.add_argument(
         "--tokenizer",
         default="builtin:stdlib",
         metavar="PATH",
-        help="SentencePiece .model file, or builtin:stdlib (default)",
+        help="SentencePiece .model file, or builtin:stdlib (default) or builtin:pypackages",
     )
     parser.add_argument(
         "--output-prefix", required=True, metavar="PREFIX", help="writes PREFIX.bin and PREFIX.idx"
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
         default="data_cache",
-        help="where builtin:stdlib is built (default %(default)s)",
+        help="where the built-in corpora are built (default %(default)s)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
@@ -74,10 +74,7 @@ def run(args: argparse.Namespace) -> int:
     plain: list[str] = []
     for spec in args.input:
         if spec.startswith("builtin:"):
-            if spec not in SPECS:
-                raise MegadytError(f"unknown built-in corpus {spec!r}; known: {', '.join(SPECS)}")
-            files = ensure_stdlib_corpus(args.cache_dir)
-            inputs.append(files.train_jsonl if SPECS[spec] == "train" else files.heldout_jsonl)
+            inputs.append(builtin_jsonl(spec, args.cache_dir))
         else:
             plain.append(spec)
     inputs.extend(expand_inputs(plain) if plain else [])

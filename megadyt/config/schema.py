@@ -152,6 +152,20 @@ class TrainConfig:
     saturation_monitor: bool = True
     # Warn once when the final norm stays > 90% saturated for this many log intervals in a row.
     saturation_patience: int = 5
+    # The step of the regime diagnostic (megadyt.training.saturation): the mean saturated
+    # fraction of the DyT/Derf norms, read against Verma (2026)'s finding that high saturation
+    # early (49% vs 23%) comes with DyT helping (little data) rather than hurting (more data),
+    # and the SwiGLU gate's saturation; one event line and one metrics.jsonl record. None:
+    # min(500, steps // 10), Verma's step 500 unless the run is shorter than 5,000 steps, so
+    # short runs are still read early; 0: off. Needs saturation_monitor.
+    regime_diagnostic_step: int | None = None
+
+    @property
+    def resolved_regime_diagnostic_step(self) -> int | None:
+        """The regime diagnostic's step (None when off)."""
+        if self.regime_diagnostic_step is None:
+            return min(500, max(1, self.steps // 10))
+        return self.regime_diagnostic_step or None
 
 
 @dataclass
@@ -163,6 +177,9 @@ class DataConfig:
     split: str = "98,1,1"  # train/valid/test, megatron-core's split string
     tokenizer: str = "builtin:stdlib"  # a SentencePiece .model file, or the built-in one
     cache_dir: str = "data_cache"  # megatron-core's dataset index cache and built-in corpora
+    # Seed of the validation samples' shuffle; None: train.seed. Pin it to score runs of
+    # different seeds on the same validation samples (benchmarks/regime_ladder.py does).
+    valid_seed: int | None = None
     num_workers: int = 0
 
 

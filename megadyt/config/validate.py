@@ -134,6 +134,10 @@ def _check_train_values(t: TrainConfig, tp: int) -> None:
     )
     _require(t.max_rollbacks >= 0, f"train.max_rollbacks must be >= 0, got {t.max_rollbacks}")
     _require(
+        t.regime_diagnostic_step is None or t.regime_diagnostic_step >= 0,
+        f"train.regime_diagnostic_step must be >= 0 (0: off), got {t.regime_diagnostic_step}",
+    )
+    _require(
         t.spike_min_history <= t.spike_window,
         f"train.spike_min_history ({t.spike_min_history}) must not exceed train.spike_window "
         f"({t.spike_window})",

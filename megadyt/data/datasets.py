@@ -4,9 +4,11 @@
 the sequence length and the seed to megatron-core's `BlendedMegatronDatasetBuilder` with
 `GPTDataset`; megatron-core builds (rank 0 first) and caches the document/sample/shuffle
 indices under `data.cache_dir/megatron_index`, so the same seed gives the same samples and a
-resumed run sees the same order. Each sample is a dict of "tokens" and "labels" (int64
-[seq_length]), "loss_mask" (float [seq_length]) and "position_ids"; no attention mask is
-materialised (the model builds its causal mask). Each prefix is first checked for damage
+resumed run sees the same order. The validation split's documents are fixed by the split
+string; which samples are cut from them follows the seed (`data.valid_seed` can pin it).
+Each sample is a dict of "tokens" and "labels" (int64 [seq_length]), "loss_mask" (float
+[seq_length]) and "position_ids"; no attention mask is materialised (the model builds its
+causal mask). Each prefix is first checked for damage
 (`megadyt.data.integrity`) and for token ids beyond the tokenizer's vocabulary.
 """
 
@@ -103,13 +105,10 @@ def build_datasets(cfg: Config, tokenizer: Tokenizer, num_samples: tuple[int, in
     torch.distributed is initialised; rank 0 builds the index caches first).
 
     `num_samples` are the sample counts wanted per split (megatron-core repeats epochs to reach
-    them); a split whose share in `data.split` is 0 comes back as None.
+    them); a split whose share in `data.split` is 0 comes back as None. The validation split is
+    drawn with `data.valid_seed` when set (else train.seed), so runs of different seeds can be
+    scored on the same validation samples.
     """
-    from megatron.core.datasets.blended_megatron_dataset_builder import (
-        BlendedMegatronDatasetBuilder,
-    )
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise MegadytError(
             f"the tokenizer's vocabulary ({tokenizer.vocab_size}, data.tokenizer="
@@ -130,9 +129,22 @@ def build_datasets(cfg: Config, tokenizer: Tokenizer, num_samples: tuple[int, in
     sizes = [int(n) for n in num_samples]
     for prefix in prefixes:
         check_split_has_documents(prefix, cfg.data.split, sizes)
+    train, valid, test = _build_splits(cfg, prefixes, weights, tokenizer, sizes, cfg.train.seed)
+    valid_seed = cfg.data.valid_seed
+    if valid_seed is not None and valid_seed != cfg.train.seed and sizes[1] > 0:
+        # the validation samples of another seed; the other splits of that build are unused
+        _, valid, _ = _build_splits(cfg, prefixes, weights, tokenizer, [0, sizes[1], 0], valid_seed)
+    return train, valid, test
+
+
+def _build_splits(cfg: Config, prefixes, weights, tokenizer, sizes: list[int], seed: int):
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     config = GPTDatasetConfig(
-        random_seed=cfg.train.seed,
+        random_seed=seed,
         sequence_length=cfg.model.seq_length,
         blend=(prefixes, list(weights) if weights is not None else None),
         split=cfg.data.split,
@@ -145,12 +157,9 @@ def build_datasets(cfg: Config, tokenizer: Tokenizer, num_samples: tuple[int, in
         mid_level_dataset_surplus=0.005,
     )
     try:
-        train, valid, test = BlendedMegatronDatasetBuilder(
-            GPTDataset, sizes, lambda: True, config
-        ).build()
+        return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
     except AssertionError as exc:
         raise MegadytError(
             f"megatron-core could not build the datasets from {prefixes} with split "
             f"{cfg.data.split!r} ({exc}); a split share may be too small for the data"
         ) from exc
-    return train, valid, test

@@ -167,6 +167,68 @@ class _Progress:
         print(("\r" if self.tty else "") + msg, end=end, file=sys.stderr, flush=True)
 
 
+class _Outputs:
+    """The output prefixes of one run: megatron-core builders writing temporary files, renamed
+    together at the end (`commit`) or removed (`close`)."""
+
+    def __init__(self, dtype, summary: PrepareSummary) -> None:
+        self.dtype, self.summary = dtype, summary
+        self.builders: dict = {}  # final prefix -> IndexedDatasetBuilder writing temps
+        self.temps: list[str] = []
+
+    def open(self, prefix: str):
+        if prefix not in self.builders:
+            from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+            for suffix in (".bin", ".idx"):
+                remove_stale_temps(prefix + suffix)
+                self.temps.append(temp_path(prefix + suffix))
+            self.builders[prefix] = IndexedDatasetBuilder(
+                temp_path(prefix + ".bin"), dtype=self.dtype
+            )
+            self.summary.outputs[prefix] = 0
+        return self.builders[prefix]
+
+    def add(self, prefix: str, ids: np.ndarray) -> None:
+        self.open(prefix).add_document(ids, [ids.size])
+        self.summary.outputs[prefix] += 1
+        self.summary.documents += 1
+        self.summary.tokens += int(ids.size)
+
+    def commit(self) -> None:
+        for prefix, builder in self.builders.items():
+            builder.finalize(temp_path(prefix + ".idx"))
+        for prefix in self.builders:  # .idx disappears first and comes back last
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(prefix + ".idx")
+            os.replace(temp_path(prefix + ".bin"), prefix + ".bin")
+            os.replace(temp_path(prefix + ".idx"), prefix + ".idx")
+
+    def close(self) -> None:
+        for builder in self.builders.values():
+            with contextlib.suppress(Exception):
+                builder.data_file.close()
+        for path in self.temps:  # none left after a commit
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def _take(item: tuple, source: str, outputs: _Outputs, prefix_of, skip_bad: bool) -> None:
+    """Count one chunk result; a document goes to `prefix_of(its subset)`, a bad record stops
+    the run unless `skip_bad`."""
+    line, kind = item[0], item[1]
+    if kind == BAD:
+        if not skip_bad:
+            raise MegadytError(
+                f"{source}:{line}: bad record: {item[2]}; fix it or pass --skip-bad-records"
+            )
+        outputs.summary.skipped_bad += 1
+    elif kind == EMPTY:
+        outputs.summary.skipped_empty += 1
+    else:
+        outputs.add(prefix_of(item[2]), item[3])
+
+
 def prepare_data(
     inputs: list[str],
     tokenizer_path: str,
@@ -179,72 +241,33 @@ def prepare_data(
 ) -> PrepareSummary:
     """Tokenize `inputs` (files, already expanded) into `output_prefix`.bin/.idx (or one
     prefix per Pile subset with `split_by_subset`) and return the counts."""
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+    from megatron.core.datasets.indexed_dataset import DType
 
     tokenizer = Tokenizer(tokenizer_path)  # validates the model file in the main process
-    dtype = DType.optimal_dtype(tokenizer.vocab_size)
-    out_dir = os.path.dirname(os.path.abspath(output_prefix))
-    os.makedirs(out_dir, exist_ok=True)
-
-    builders: dict[str, IndexedDatasetBuilder] = {}  # final prefix -> builder writing temps
-    temps: list[str] = []
+    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     summary = PrepareSummary()
+    outputs = _Outputs(DType.optimal_dtype(tokenizer.vocab_size), summary)
     meter = _Progress(progress)
     start = time.perf_counter()
 
-    def builder_for(prefix: str) -> IndexedDatasetBuilder:
-        if prefix not in builders:
-            for suffix in (".bin", ".idx"):
-                remove_stale_temps(prefix + suffix)
-                temps.append(temp_path(prefix + suffix))
-            builders[prefix] = IndexedDatasetBuilder(temp_path(prefix + ".bin"), dtype=dtype)
-            summary.outputs[prefix] = 0
-        return builders[prefix]
+    def prefix_of(subset: str | None) -> str:
+        return subset_prefix(output_prefix, subset) if split_by_subset else output_prefix
 
     try:
         if not split_by_subset:
-            builder_for(output_prefix)  # temp files exist from the start
+            outputs.open(output_prefix)  # temp files exist from the start
         for source, results in _ordered_results(inputs, tokenizer.model_path, workers):
             for item in results:
-                line, kind = item[0], item[1]
-                if kind == BAD:
-                    if not skip_bad_records:
-                        raise MegadytError(
-                            f"{source}:{line}: bad record: {item[2]}; fix it or pass "
-                            "--skip-bad-records"
-                        )
-                    summary.skipped_bad += 1
-                elif kind == EMPTY:
-                    summary.skipped_empty += 1
-                else:
-                    subset, ids = item[2], item[3]
-                    prefix = (
-                        subset_prefix(output_prefix, subset) if split_by_subset else output_prefix
-                    )
-                    builder_for(prefix).add_document(ids, [ids.size])
-                    summary.outputs[prefix] += 1
-                    summary.documents += 1
-                    summary.tokens += int(ids.size)
+                _take(item, source, outputs, prefix_of, skip_bad_records)
             meter.update(summary)
         if summary.documents == 0:
             raise MegadytError(
                 f"no documents found in {', '.join(inputs)} "
                 f"({summary.skipped_empty} empty, {summary.skipped_bad} bad records)"
             )
-        for prefix, builder in builders.items():
-            builder.finalize(temp_path(prefix + ".idx"))
-        for prefix in builders:  # commit: .idx disappears first and comes back last
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(prefix + ".idx")
-            os.replace(temp_path(prefix + ".bin"), prefix + ".bin")
-            os.replace(temp_path(prefix + ".idx"), prefix + ".idx")
+        outputs.commit()
     finally:
-        for builder in builders.values():
-            with contextlib.suppress(Exception):
-                builder.data_file.close()
-        for path in temps:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+        outputs.close()
     summary.seconds = time.perf_counter() - start
     meter.update(summary, force=True)
     return summary

@@ -39,6 +39,10 @@ class Cadence:
     def validates(self, step: int) -> bool:
         return due(step, self.train.eval_interval, self.train.steps)
 
+    def diagnoses(self, step: int) -> bool:
+        """The regime diagnostic's step (`train.regime_diagnostic_step`): once, not periodic."""
+        return step == self.train.resolved_regime_diagnostic_step
+
     def scores_zero_shot(self, step: int) -> bool:
         t = self.train
         return bool(t.zero_shot_tasks) and due(step, t.zero_shot_interval, t.steps)

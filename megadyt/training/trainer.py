@@ -114,7 +114,9 @@ class Trainer:
     def train_step(self, step: int) -> StepOutcome:
         """Run optimizer step `step` (0-based) on the guard's global batch for it; at a log
         step the first micro-batch's forward also records every norm's input statistics."""
-        sample_norms = self.saturation is not None and self.cadence.logs(step + 1)
+        sample_norms = self.saturation is not None and (
+            self.cadence.logs(step + 1) or self.cadence.diagnoses(step + 1)
+        )
         if sample_norms:
             self.saturation.arm()
         lr = lr_at(step, self.cfg.train) * self.guard.lr_scale
@@ -167,6 +169,8 @@ class Trainer:
                 self.guard.record(step, outcome.loss, outcome.applied, outcome.spikes, writer)
                 if outcome.applied and self.cadence.logs(step):
                     self._log(step, outcome, writer, steps_here=step - first)
+                if self.saturation is not None and self.cadence.diagnoses(step):
+                    self.saturation.diagnose(step, self.last_norm_stats, writer)
                 with self.metrics.paused():  # evaluation and saving are not throughput
                     self.evaluator.run_due(step, self.engine, writer, self.metrics.tokens_at(step))
                     stopping = self.stop.agreed()  # a collective: every rank, every step
