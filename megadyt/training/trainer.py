@@ -24,6 +24,7 @@ from megadyt.model import build_model, norm_parameter_names, norm_scalars
 from megadyt.parallel.distributed import (
     device,
     from_all_ranks,
+    from_rank0,
     init_distributed,
     launcher_variables,
     seed_everything,
@@ -247,6 +248,24 @@ def train(
         return _train(cfg, datasets, zero_shot, after_publish, allow_config_change, held)
 
 
+def _already_finished(cfg: Config) -> TrainResult | None:
+    """A rerun whose latest checkpoint is at (or past) the step this invocation trains to:
+    nothing to train, so nothing is built and nothing written (no history record, no empty
+    TensorBoard file). Rank 0 says so in one line when the run is complete; a stop at
+    train.stop_at_step is said by `megadyt train`."""
+    run, rank0 = RunDir(cfg.run.dir), dist.get_rank() == 0
+    step = from_rank0(run.latest_step() if rank0 else None)
+    if step == 0 or step < Cadence(cfg.train).stop_at:
+        return None
+    if rank0 and step >= cfg.train.steps:
+        print(
+            f"megadyt: run {run.root} is complete: its latest checkpoint is at step {step} "
+            f"and train.steps is {cfg.train.steps}; nothing to train",
+            flush=True,
+        )
+    return TrainResult(step, step, {}, 0)
+
+
 def _train(
     cfg: Config,
     datasets,
@@ -259,6 +278,9 @@ def _train(
     validate_config(cfg, env.world_size)
     _check_same_config_on_all_ranks(cfg)
     with open_run(cfg, env.world_size, allow_config_change) as record:
+        finished = _already_finished(cfg)
+        if finished is not None:
+            return finished
         if datasets is None:
             datasets = build_train_valid(cfg)
         with launcher_variables():  # DeepSpeed's ZeRO-3 reads LOCAL_RANK during every forward
