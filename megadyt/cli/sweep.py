@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from megadyt.cli.main import add_config_arguments
+from megadyt.output_paths import check_writable
 
 HELP = "train a grid of configs × seeds and tabulate final validation losses (resumable)"
 
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable(args.output, "--output", directory=True)
     from megadyt.experiments.grid import parse_grid
     from megadyt.experiments.sweep import plan_sweep, run_sweep
 

@@ -8,6 +8,7 @@ import signal
 from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
 from megadyt.errors import MegadytError
+from megadyt.output_paths import check_writable
 from megadyt.parallel.launch_env import launch_rank
 from megadyt.parallel.stop_signals import StopRequest, ignore_stop_signals
 
@@ -33,6 +34,7 @@ def _train(args: argparse.Namespace, stop: StopRequest):
     """Load the config (before torch is imported: config errors are fast), then train."""
     overrides = [*args.overrides, *(["train.resume_fallback=true"] if args.resume_fallback else [])]
     cfg = load_config(args.config, overrides)
+    check_writable(cfg.run.dir, "run.dir", directory=True)
 
     from megadyt.parallel.distributed import destroy_distributed
     from megadyt.training.trainer import train
