@@ -19,14 +19,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY, train_tiny
+from helpers import ROOT, TINY
 
 from megadyt.cli.main import main
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("outputs") / "run")
+def run_dir(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,12 @@ from megadyt.errors import MegadytError
 from megadyt.parallel.launch_env import launch_rank
 
 OTHER_RANK_GRACE_S = 5.0
+LAUNCH_HELP = """\
+on N processes (GPUs, or CPU processes) of one node:
+  python -m megadyt.parallel.torchrun --nproc_per_node=N -m megadyt train --config C
+  (torchrun's arguments, without its traceback after a megadyt error; SIGUSR1, SIGTERM and
+  a first Ctrl-C save a checkpoint and stop). launch/torchrun.sh does this with all local
+  GPUs; on many nodes use launch/slurm/pretrain.sbatch (docs/launching.md)."""
 
 # subcommand name -> module under megadyt.cli
 COMMANDS = {
@@ -68,7 +74,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or (with `only`) one holding just that subcommand: each command module
     is imported to build its arguments, and some import torch, so `megadyt plan --print
     run_dir` in the launch scripts must not pay for the others."""
-    parser = argparse.ArgumentParser(prog="megadyt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="megadyt",
+        description=__doc__.splitlines()[0],
+        epilog=LAUNCH_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
@@ -103,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return exc.exit_code
     except KeyboardInterrupt:
-        print("megadyt: interrupted", file=sys.stderr)
+        if launch_rank() == 0:  # under torchrun every rank got the Ctrl-C: one line
+            print("megadyt: interrupted", file=sys.stderr)
         return 130
 
 
