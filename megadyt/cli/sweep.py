@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seeds per grid point: train.seed, train.seed+1, ... (default 1)",
     )
     parser.add_argument(
-        "--nproc", type=int, default=1, help="processes per cell (torchrun --standalone when > 1)"
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes per cell (megadyt's torchrun wrapper, --standalone, when > 1)",
     )
     parser.add_argument("--output", required=True, help="directory for the cells and summary")
     parser.add_argument(

@@ -1,4 +1,5 @@
-"""`megadyt train`: pretrain under torchrun, srun, or as a single process."""
+"""`megadyt train`: pretrain as a single process, under torchrun (through
+`megadyt.parallel.torchrun`) or under srun."""
 
 from __future__ import annotations
 
