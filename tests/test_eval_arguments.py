@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT, clean_env
 
 from megadyt.training.run.layout import resolve_checkpoint, weights_file
@@ -36,3 +37,21 @@ def test_a_misspelt_task_is_one_line_before_torch_or_the_weights(tiny_run, tmp_p
         "megadyt: error: unknown task arc_eazy: not in lm-eval's tasks, evaluation/tasks or "
         "--include-path; did you mean arc_easy?"
     ]
+
+
+@pytest.mark.multiprocess
+def test_an_eval_error_under_the_wrapper_is_printed_once(tiny_run):
+    """`eval --tp 2` on 2 ranks: both meet the error, rank 0 prints it. The other rank, no
+    trainer, must take the SIGTERM torchrun ends it with (the wrapper hands the stop signals
+    down blocked): alive after its grace period, it printed the error a second time."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "megadyt.parallel.torchrun", "--standalone",
+         "--nproc_per_node=2", "-m", "megadyt", "eval", "--tp", "2", "--checkpoint",
+         str(tiny_run), "--limit", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=clean_env(),
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if "megadyt: error" in line]
+    assert proc.returncode == 2, out[-3000:]
+    assert errors == ["megadyt: error: --limit 0: give a positive number of documents"], out
+    assert "Traceback" not in out

@@ -14,6 +14,7 @@ from megadyt.parallel.launch_env import launch_rank
 from megadyt.parallel.stop_signals import StopRequest, ignore_stop_signals
 
 HELP = "pretrain a model (single process, or under torchrun / srun)"
+TAKES_STOP_REQUESTS = True  # a StopRequest first thing in `run` (`megadyt.cli.main`)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

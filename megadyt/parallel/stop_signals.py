@@ -43,6 +43,14 @@ def ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def default_stop_actions() -> None:
+    """For a command that takes no stop requests (all but `megadyt train`): under the torchrun
+    wrapper the stop signals arrive blocked; unblocked, SIGTERM ends the process, as torchrun
+    expects when it stops the other workers after one failed (else a second rank outlived
+    its grace period and printed the error again)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 def inherited_stop() -> int | None:
     """The stop signal a launcher received before this process existed, if any."""
     name = os.environ.get(STOP_ENV)
