@@ -115,7 +115,7 @@ def test_help_says_how_to_launch_on_n_processes(capsys):
 
 def test_every_documented_multi_process_command_uses_the_wrapper():
     """Plain torchrun prints its ChildFailedError traceback after megadyt's one-line error,
-    and its Ctrl-C stops without a save: the docs launch through megadyt's wrapper."""
+    and reports a graceful stop as a failure: the docs launch through megadyt's wrapper."""
     pages = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("launch/**/*.md"),
              *ROOT.glob("megadyt/**/*.md"), *ROOT.glob("tokenizer/*.md")]  # fmt: skip
     plain = [

@@ -88,8 +88,8 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, list[str]]:
         raise MegadytError(f"--limit {args.limit}: give a positive number of documents")
     if args.tp < 1:
         raise MegadytError(f"--tp {args.tp}: give a positive number of processes")
-    world = LaunchEnv.from_environ().world_size
-    if args.tp > 1 and world != args.tp:
+    world = LaunchEnv.from_environ().world_size if args.tp > 1 else 1
+    if world != args.tp:
         raise MegadytError(
             f"--tp {args.tp} needs exactly {args.tp} processes, this has {world}: run python -m "
             f"megadyt.parallel.torchrun --nproc_per_node={args.tp} -m megadyt eval --tp "
