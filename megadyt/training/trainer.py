@@ -24,7 +24,6 @@ from megadyt.model import build_model, norm_parameter_names, norm_scalars
 from megadyt.parallel.distributed import (
     device,
     from_all_ranks,
-    from_rank0,
     init_distributed,
     launcher_variables,
     seed_everything,
@@ -249,18 +248,18 @@ def train(
 
 
 def _already_finished(cfg: Config) -> TrainResult | None:
-    """A rerun whose latest checkpoint is at (or past) the step this invocation trains to:
+    """A rerun whose (verified) checkpoint is at or past the step this invocation trains to:
     nothing to train, so nothing is built and nothing written (no history record, no empty
     TensorBoard file). Rank 0 says so in one line when the run is complete; a stop at
     train.stop_at_step is said by `megadyt train`."""
-    run, rank0 = RunDir(cfg.run.dir), dist.get_rank() == 0
-    step = from_rank0(run.latest_step() if rank0 else None)
-    if step == 0 or step < Cadence(cfg.train).stop_at:
+    run, t = RunDir(cfg.run.dir), cfg.train
+    step = store.finished_at(run, Cadence(t).stop_at, t.resume_fallback)
+    if step is None:
         return None
-    if rank0 and step >= cfg.train.steps:
+    if dist.get_rank() == 0 and step >= t.steps:
         print(
             f"megadyt: run {run.root} is complete: its latest checkpoint is at step {step} "
-            f"and train.steps is {cfg.train.steps}; nothing to train",
+            f"and train.steps is {t.steps}; nothing to train",
             flush=True,
         )
     return TrainResult(step, step, {}, 0)

@@ -215,6 +215,20 @@ def recover_latest(run: RunDir) -> str | None:
     )
 
 
+def finished_at(run: RunDir, stop_at: int, fallback: bool) -> int | None:
+    """The step of the checkpoint a resume would load, when it is at or past `stop_at`: the
+    run has nothing left to train. None otherwise. A collective, verifying like a resume: a
+    damaged checkpoint is refused as on resume, or (with `fallback`) the one before it is
+    trained on from."""
+    if from_rank0(run.latest_step() if dist.get_rank() == 0 else None) < stop_at:
+        return None
+    tag, error, _ = choose_checkpoint(run, fallback)
+    if error:
+        raise MegadytError(error)
+    step = step_of(tag or "") or 0
+    return step if step >= stop_at else None
+
+
 def check_same_model(tag_dir: Path, saved: dict | None, model: dict | None) -> None:
     """A checkpoint of another model (e.g. DyT loaded into an RMSNorm config) is refused."""
     if not saved or not model:
