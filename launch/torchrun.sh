@@ -39,5 +39,5 @@ log="$run_dir/logs/torchrun-$(date +%Y%m%d-%H%M%S).log"
 echo "megadyt: $NPROC process(es), run dir $run_dir, log $log" >&2
 
 "${torchrun[@]}" --standalone --nnodes=1 --nproc_per_node="$NPROC" \
-    -m megadyt train --config "$config" "$@" 2>&1 | tee -a "$log"
+    -m megadyt train --config "$config" "$@" 2>&1 | tee -i -a "$log"  # -i: Ctrl-C is the agent's
 exit "${PIPESTATUS[0]}"

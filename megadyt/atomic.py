@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "file_lock",
+    "new_file_mode",
     "pid_alive",
     "remove_stale_temps",
     "temp_path",
@@ -32,6 +33,22 @@ __all__ = [
 def temp_path(final: str | os.PathLike) -> str:
     """The temporary name `final` is written under by this process (`final.tmp-PID`)."""
     return f"{os.fspath(final)}.tmp-{os.getpid()}"
+
+
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file here: 0o666 less the process umask. Read from
+    /proc, so the umask is never changed (not even for a moment, which would race other
+    threads); elsewhere it is set and restored."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def pid_alive(pid: int) -> bool:

@@ -6,10 +6,14 @@ the emitting library's module (the one that calls `warnings.warn`, after its sta
 the start of the message, so megadyt's own warnings, and other warnings of those libraries,
 stay visible. `install()` runs when `megadyt` is imported; pytest resets filters around every
 test, so tests/conftest.py hands the same list to pytest (`as_pytest_filters()`).
+
+One more line is not a Python warning but a log record: DeepSpeed's CPU accelerator notice,
+dropped by a filter on DeepSpeed's logger where it is expected (`ExpectedCpuAccelerator`).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from typing import NamedTuple
@@ -77,15 +81,35 @@ KNOWN: list[KnownWarning] = [
 ]
 
 
+class ExpectedCpuAccelerator(logging.Filter):
+    """DeepSpeed logs "Setting accelerator to CPU. If you have GPU or other accelerator, we
+    were unable to detect it." (to stdout) whenever it finds no CUDA device. Where torch sees
+    no CUDA either, the CPU is what megadyt runs on by design (`parallel.cpu_shims`): the line
+    says nothing, and came before every error. With CUDA present it stays: then it means a
+    GPU was missed."""
+
+    MESSAGE = "Setting accelerator to CPU"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.MESSAGE):
+            return True
+        torch = sys.modules.get("torch")  # DeepSpeed imported it before it logs
+        return torch is None or torch.cuda.is_available()
+
+
 def install() -> None:
-    """Add the filters to Python's warning filters (idempotent: equal filters are merged).
-    Skipped when the user chose filters with -W or PYTHONWARNINGS: they asked to see them."""
+    """Add the filters to Python's warning filters (idempotent: equal filters are merged), and
+    the one log filter on DeepSpeed's logger. Skipped when the user chose filters with -W or
+    PYTHONWARNINGS: they asked to see them."""
     if sys.warnoptions:
         return
     for known in KNOWN:
         warnings.filterwarnings(
             "ignore", message=known.message, category=known.category, module=known.module
         )
+    deepspeed_log = logging.getLogger("DeepSpeed")  # the logger DeepSpeed creates on import
+    if not any(isinstance(f, ExpectedCpuAccelerator) for f in deepspeed_log.filters):
+        deepspeed_log.addFilter(ExpectedCpuAccelerator())
 
 
 def as_pytest_filters() -> list[str]:

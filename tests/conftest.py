@@ -1,6 +1,6 @@
 """pytest's set-up for the whole suite: megadyt's known third-party warning filters, the CUDA
-skip for `gpu` tests, and the fixtures tests share. Shared constants and helper functions are
-in helpers.py.
+skip for `gpu` tests, and the fixtures tests share (a distributed state, one tiny trained
+run). Shared constants and helper functions are in helpers.py.
 """
 
 from __future__ import annotations
@@ -27,6 +27,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One `megadyt train` of the tiny config (helpers.train_tiny: 4 steps, a checkpoint at
+    step 4), shared by the tests that need a real run to read and must not change it."""
+    from helpers import train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("tiny-run") / "run")
 
 
 @pytest.fixture(scope="module")

@@ -120,6 +120,7 @@ def test_invalid_literal(override, key):
             "parallel.offload_optimizer",
         ),
         (["model.hidden_size=130"], "model.hidden_size"),  # 130 % 4 heads
+        (["model.hidden_size=100"], "head size of 25"),  # odd: RoPE rotates pairs
         (["model.num_query_groups=3"], "model.num_query_groups"),  # 4 heads % 3 groups
         (["parallel.zero_stage=4"], "parallel.zero_stage"),
         (["train.global_batch_size=6"], "train.global_batch_size"),  # not a multiple of micro 4
@@ -136,7 +137,7 @@ def test_possible_neighbours_of_the_impossible_cases_pass():
     """The same keys with valid values load, so the failures above are about the values."""
     load_config(TINY, ["parallel.tp=2", "parallel.sp=true", "model.num_query_groups=2"])
     load_config(TINY, ["parallel.offload_optimizer=true", "parallel.zero_stage=2"])
-    load_config(TINY, ["model.hidden_size=132"])
+    load_config(TINY, ["model.hidden_size=136"])  # 132 / 4 heads is 33: odd, refused
 
 
 def test_global_batch_not_divisible_by_micro_times_dp():
@@ -243,6 +244,14 @@ def test_section_not_a_mapping_in_yaml(tmp_path):
 
 def test_top_level_not_a_mapping(tmp_path):
     assert "mapping" in config_error([], write(tmp_path, "- a\n- b\n"))
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# all commented out\n", "---\n"])
+def test_an_empty_config_file_is_refused_not_trained_as_defaults(tmp_path, text):
+    path = write(tmp_path, text)
+    message = config_error([], path)
+    assert message.startswith(f"config file '{path}' is empty"), message
+    assert "configs/tiny/dyt.yaml" in message  # where to start from
 
 
 def test_malformed_yaml_file(tmp_path):

@@ -123,16 +123,53 @@ def test_bad_record_stops_with_file_and_line(tmp_path, tok_model, content, line,
     assert os.listdir(tmp_path) == ["bad.jsonl"]  # no output, no temporary files
 
 
-def test_corrupt_or_truncated_zst(tmp_path, tok_model):
+@pytest.mark.parametrize("skip_bad_records", [False, True])
+def test_corrupt_or_truncated_zst(tmp_path, tok_model, skip_bad_records):
+    """A damaged stream is its own one-line error naming the byte offset, never a malformed
+    record: --skip-bad-records would drop every document after the damage without a word."""
     shard = tmp_path / "bad.jsonl.zst"
+
+    def refused() -> str:
+        with pytest.raises(MegadytError) as info:
+            prepare_data([str(shard)], tok_model, str(tmp_path / "o"), progress=False,
+                         skip_bad_records=skip_bad_records)  # fmt: skip
+        assert sorted(os.listdir(tmp_path)) == ["bad.jsonl.zst"]  # no output, no temp files
+        return str(info.value)
+
     shard.write_bytes(b"this is not zstandard data at all")
-    with pytest.raises(MegadytError, match="bad.jsonl.zst"):
-        prepare_data([str(shard)], tok_model, str(tmp_path / "o"), progress=False)
-    good = zstandard.ZstdCompressor().compress(b'{"text": "a"}\n' * 5000)
-    shard.write_bytes(good[: len(good) // 2])
-    with pytest.raises(MegadytError, match="bad.jsonl.zst"):
-        prepare_data([str(shard)], tok_model, str(tmp_path / "o"), progress=False)
-    assert sorted(os.listdir(tmp_path)) == ["bad.jsonl.zst"]
+    assert refused().startswith(f"{shard} is corrupt: the zstd frame from byte 0 fails before ")
+    data = "".join(json.dumps(r) + "\n" for r in _records(47)).encode()
+    good = zstandard.ZstdCompressor(level=3).compress(data)
+    cut = 2 * len(good) // 3  # the issue's case: 31 of 47 documents behind the cut
+    shard.write_bytes(good[:cut])
+    assert refused() == (
+        f"{shard} is truncated: it ends at byte {cut:,} inside the zstd frame from byte 0; "
+        "the file is incomplete: copy or download it again"
+    )
+    second = zstandard.ZstdCompressor(level=3).compress(data)  # a cut in the second frame
+    shard.write_bytes(good + second[:100])
+    assert f"inside the zstd frame from byte {len(good):,}" in refused()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF
+    shard.write_bytes(bytes(damaged))
+    assert refused().startswith(f"{shard} is corrupt: the zstd frame from byte 0 fails before")
+
+
+def test_a_zst_of_several_frames_reads_every_record(tmp_path, tok_model):
+    """pzstd and `cat a.zst b.zst` write several frames: each is read, in order."""
+    frames = [_records(30)[:10], _records(30)[10:]]
+    parts = [
+        zstandard.ZstdCompressor(level=3).compress(
+            "".join(json.dumps(r) + "\n" for r in part).encode()
+        )
+        for part in frames
+    ]
+    shard = tmp_path / "two.jsonl.zst"
+    shard.write_bytes(b"".join(parts))
+    summary = prepare_data([str(shard)], tok_model, str(tmp_path / "out"), progress=False)
+    sp = spm.SentencePieceProcessor(model_file=tok_model)
+    expected = [sp.encode(r["text"]) + [sp.eos_id()] for r in _records(30)]
+    assert summary.documents == 30 and _read_docs(str(tmp_path / "out")) == expected
 
 
 def test_skip_bad_records_counts(tmp_path, tok_model):

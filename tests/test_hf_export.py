@@ -9,6 +9,8 @@ bad input is refused by name.
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -106,6 +108,20 @@ def test_shards_and_their_index_hold_every_tensor_once(tp1_distributed, tmp_path
     assert set(index["weight_map"]) == expected
     _, logits = _hf_logits(tmp_path / "hf")
     assert float((logits - _megadyt_logits(model)).abs().max()) <= 1e-4
+
+
+def test_every_exported_file_gets_the_mode_of_a_new_file(tp1_distributed, tmp_path):
+    """safetensors writes its files 0600; an export is read by others (a shared model
+    directory), so its shards get what every other file gets: 0666 less the umask."""
+    cfg, model = _model("dyt", 2)
+    previous = os.umask(0o022)
+    try:
+        _export(cfg, model, tmp_path / "hf", shard_bytes=50_000)
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir()}
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert set(modes.values()) == {0o644}, modes
 
 
 def test_bad_input_is_refused_by_name(tp1_distributed, tmp_path):

@@ -103,6 +103,22 @@ def test_suggestion_follows_the_order_more_tp_first_then_zero():
     assert suggest(cfg, **kwargs) == {"parallel.zero_stage": 2}
 
 
+def test_optimizer_offload_is_suggested_when_nothing_else_fits(capsys):
+    """70B on one node of 8: no TP, ZeRO stage, recompute or micro-batch change fits, but
+    ZeRO-2 with the optimizer on the host does, by the plan's own arithmetic."""
+    args = ["plan", "--config", "configs/llama-70b/dyt.yaml", "--nodes", "1",
+            "--gpus-per-node", "8"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "smallest change that fits: --set parallel.zero_stage=2 --set "
+        "parallel.offload_optimizer=true"
+    ), err
+    sets = ["--set", "parallel.zero_stage=2", "--set", "parallel.offload_optimizer=true"]
+    assert main([*args, *sets, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fits"] is True
+
+
 def test_layout_that_does_not_divide_is_refused(capsys):
     rc = main(["plan", "--config", "configs/llama-7b/dyt.yaml", "--nodes", "3",
                "--gpus-per-node", "8"])  # fmt: skip

@@ -7,7 +7,9 @@ from __future__ import annotations
 import signal
 import threading
 
-from megadyt.parallel.stop_signals import STOP_ENV, StopRequest, inherited_stop
+import pytest
+
+from megadyt.parallel.stop_signals import CTRL_C_LINE, STOP_ENV, StopRequest, inherited_stop
 from megadyt.parallel.torchrun import _without_stop_signals
 
 
@@ -36,5 +38,22 @@ def test_a_stop_the_launcher_received_first_comes_through_the_environment(monkey
 
 
 def test_torchrun_keeps_its_own_handling_of_the_other_signals():
-    assert _without_stop_signals("SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1") == "SIGINT,SIGHUP,SIGQUIT"
-    assert _without_stop_signals("SIGUSR1") == "SIGINT"
+    assert _without_stop_signals("SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1") == "SIGHUP,SIGQUIT"
+    assert _without_stop_signals("SIGUSR1,SIGINT") == "SIGHUP"
+
+
+def test_a_first_ctrl_c_asks_for_a_stop_and_a_second_aborts(capfd, monkeypatch):
+    """The real handler and real signals (raised in this thread): the first SIGINT sets the
+    stop and says so on stderr, the second raises KeyboardInterrupt at once; on exit
+    Python's own Ctrl-C handling is back."""
+    monkeypatch.delenv("RANK", raising=False)  # rank 0 of a single process prints the line
+    monkeypatch.delenv(STOP_ENV, raising=False)
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.received == signal.SIGINT
+        assert capfd.readouterr().err == f"\n{CTRL_C_LINE}\n"
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert capfd.readouterr().err == ""  # said once

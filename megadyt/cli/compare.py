@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from megadyt.errors import MegadytError
+from megadyt.output_paths import check_writable
 
 HELP = "plot and tabulate the loss curves of several runs (first run = baseline)"
 
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise MegadytError(f"--smooth {args.smooth}: give a window of at least 1 point")
     if not str(args.output).lower().endswith(".png"):
         raise MegadytError(f"--output {args.output!r} must end with .png")
+    check_writable(args.output, "--output")
     runs = [load_run(path) for path in args.runs]
     names = [r.name for r in runs]
     for i, run in enumerate(runs):  # same basename in different parents: use the full path

@@ -1,9 +1,9 @@
 """`megadyt eval`: zero-shot lm-eval tasks on a checkpoint (any TP/ZeRO layout).
 
 On one device, the TP shards are merged. A model too large for one device runs across N
-tensor-parallel processes: `torchrun --nproc_per_node=N -m megadyt eval --tp N ...` on a
-checkpoint saved at TP=N; each rank loads its own shard, rank 0 runs lm-eval and writes the
-results, the other ranks run the same forwards (`evaluation.tp_forward`).
+tensor-parallel processes: `python -m megadyt.parallel.torchrun --nproc_per_node=N -m megadyt
+eval --tp N ...` on a checkpoint saved at TP=N; each rank loads its own shard, rank 0 runs
+lm-eval and writes the results, the other ranks run the same forwards (`evaluation.tp_forward`).
 
 Suites: `paper15` (the paper's 15 tasks; needs the Hugging Face hub or its cache) and `offline`
 (tasks built from the held-out stdlib corpus, see evaluation/tasks). Prints a markdown table,
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from megadyt.atomic import atomic_write_text
 from megadyt.errors import MegadytError
+from megadyt.output_paths import check_writable
 from megadyt.training.run.layout import RunDir, checkpoint_step, resolve_checkpoint
 
 HELP = "evaluate a checkpoint on lm-eval tasks (suites: paper15, offline)"
@@ -59,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tp",
         type=int,
         default=1,
-        help="tensor-parallel processes (run under torchrun --nproc_per_node=N; the checkpoint "
-        "must have been saved at TP=N); 1 merges the shards on one device",
+        help="tensor-parallel processes (run under python -m megadyt.parallel.torchrun "
+        "--nproc_per_node=N; the checkpoint must have been saved at TP=N); 1 merges the shards "
+        "on one device",
     )
     parser.add_argument("--output", metavar="FILE.json", help="write the results here")
     parser.add_argument(
@@ -75,29 +77,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from megadyt.evaluation.harness import evaluate, expand_tasks
-    from megadyt.evaluation.lm import MegadytLM
-    from megadyt.evaluation.offline import using_cache_dir
-    from megadyt.parallel.distributed import destroy_distributed, init_distributed
+def _check_arguments(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """Every user error this command can see before it imports torch or loads weights, so it
+    is one line at once (under --tp, rank 0's): the numbers, the checkpoint, where the results
+    go, and the task names. Returns (checkpoint dir, task names)."""
+    from megadyt.evaluation.harness import check_task_names, expand_tasks
     from megadyt.parallel.launch_env import LaunchEnv
 
-    tag_dir = resolve_checkpoint(args.checkpoint)
-    step = checkpoint_step(tag_dir)
-    names = expand_tasks(args.tasks)
     if args.limit is not None and args.limit < 1:
         raise MegadytError(f"--limit {args.limit}: give a positive number of documents")
     if args.tp < 1:
         raise MegadytError(f"--tp {args.tp}: give a positive number of processes")
+    world = LaunchEnv.from_environ().world_size if args.tp > 1 else 1
+    if world != args.tp:
+        raise MegadytError(
+            f"--tp {args.tp} needs exactly {args.tp} processes, this has {world}: run python -m "
+            f"megadyt.parallel.torchrun --nproc_per_node={args.tp} -m megadyt eval --tp "
+            f"{args.tp} ..."
+        )
+    tag_dir = resolve_checkpoint(args.checkpoint)
+    if args.output:
+        check_writable(args.output, "--output")
+    if args.run_dir:
+        check_writable(args.run_dir, "--run-dir", directory=True)
+    names = expand_tasks(args.tasks)
+    check_task_names(names, args.include_path)
+    return tag_dir, names
+
+
+def run(args: argparse.Namespace) -> int:
+    tag_dir, names = _check_arguments(args)
+    from megadyt.evaluation.harness import evaluate
+    from megadyt.evaluation.lm import MegadytLM
+    from megadyt.evaluation.offline import using_cache_dir
+    from megadyt.parallel.distributed import destroy_distributed, init_distributed
+
+    step = checkpoint_step(tag_dir)
     start = time.perf_counter()
     try:
         if args.tp > 1:
-            world = LaunchEnv.from_environ().world_size
-            if world != args.tp:
-                raise MegadytError(
-                    f"--tp {args.tp} needs exactly {args.tp} processes, this has {world}: run "
-                    f"torchrun --nproc_per_node={args.tp} -m megadyt eval --tp {args.tp} ..."
-                )
             init_distributed(tp=args.tp)
         lm = MegadytLM(
             checkpoint=str(tag_dir),

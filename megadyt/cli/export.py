@@ -6,11 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-import yaml
-
-from megadyt.atomic import atomic_output, atomic_write_text
 from megadyt.errors import MegadytError
+from megadyt.output_paths import check_writable
 
 HELP = "a checkpoint as one TP=1 weights file (+ config YAML), or as a transformers directory"
 
@@ -57,15 +54,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read the weights without checking them against the checkpoint's manifest",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="megadyt: replace an existing --output .pt and the .yaml beside it",
+    )
+
+
+def _check_outputs(args: argparse.Namespace) -> Path:
+    """Before anything is loaded: the output can be written, and overwrites nothing unasked
+    (the .yaml beside the weights may be the user's own config)."""
+    out = Path(args.output)
+    if args.format == "hf":
+        if out.exists():
+            raise MegadytError(f"{out} exists; export into a new directory (or delete it first)")
+        return check_writable(out, "--output", directory=True)
+    config = out.with_suffix(".yaml")
+    if config == out:
+        raise MegadytError(
+            f"--output {out} would hold both the weights and their config ({config.name}); "
+            f"name the weights file, e.g. --output {out.with_suffix('.pt')}"
+        )
+    for path in (out, config):
+        if path.exists() and not args.force:
+            beside = "" if path == out else " (the config written beside the weights)"
+            raise MegadytError(
+                f"{path} exists{beside}; choose another --output, or pass --force to replace it"
+            )
+    return check_writable(out, "--output")
 
 
 def run(args: argparse.Namespace) -> int:
+    out = _check_outputs(args)
+    import torch
+    import yaml
+
+    from megadyt.atomic import atomic_output, atomic_write_text
     from megadyt.training.checkpoint.weights import load_tp1_weights
     from megadyt.training.run.layout import checkpoint_step, resolve_checkpoint
 
     tag_dir = resolve_checkpoint(args.checkpoint)
     cfg, state = load_tp1_weights(tag_dir, verify=not args.no_verify)
-    out = Path(args.output)
     checked = "unverified" if args.no_verify else "verified"
     source = f"step {checkpoint_step(tag_dir)} ({tag_dir}, {checked})"
     if args.format == "hf":

@@ -17,6 +17,7 @@ from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
 from megadyt.config.schema import NormName
 from megadyt.errors import MegadytError
+from megadyt.output_paths import check_writable
 
 HELP = "start a run from a Hugging Face LLaMA directory (optionally converting RMSNorm to DyT/Derf)"
 
@@ -61,14 +62,15 @@ def _check_norms(source: str, target: str, requested: str | None) -> bool:
 def run(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, f"run.dir={args.output}"]
     cfg = load_config(args.config, overrides + ([f"model.norm={args.norm}"] if args.norm else []))
+    if Path(args.output).exists():
+        raise MegadytError(f"{args.output} exists; import into a new run directory")
+    check_writable(args.output, "--output", directory=True)
 
     from megadyt.interop.hf_import import HFCheckpoint, check_config
 
     hf = HFCheckpoint(args.model)
     check_config(hf, cfg.model)
     converting = _check_norms(hf.norm, cfg.model.norm, args.norm)
-    if Path(args.output).exists():
-        raise MegadytError(f"{args.output} exists; import into a new run directory")
 
     from megadyt.parallel.distributed import destroy_distributed, init_distributed
 

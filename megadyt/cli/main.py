@@ -1,13 +1,14 @@
 """The `megadyt` command line: one entry point, one module per subcommand.
 
 Each subcommand module in `megadyt.cli` defines `HELP`, `add_arguments(parser)` and
-`run(args) -> int`. A `MegadytError` becomes a one-line message and exit code 2; `--debug`
-shows the traceback instead. Under torchrun or srun only rank 0 prints it at once: a user error
-is the same on every rank (they all read the same config and agree on every check), and N copies
-of one line, interleaved, hide it. The other ranks wait `OTHER_RANK_GRACE_S` first, for two
-reasons. Exiting at once could let the launcher kill rank 0 before it prints. And a rank that
-is still alive afterwards was not stopped by the launcher, so rank 0 did not fail: the error is
-this rank's own, and it prints it.
+`run(args) -> int`, and `TAKES_STOP_REQUESTS = True` if it handles SIGUSR1/SIGTERM itself
+(`megadyt train`); every other command takes their default action. A `MegadytError` becomes a
+one-line message and exit code 2; `--debug` shows the traceback instead. Under torchrun or srun
+only rank 0 prints it at once: a user error is the same on every rank (they all read the same
+config and agree on every check), and N copies of one line, interleaved, hide it. The other
+ranks wait `OTHER_RANK_GRACE_S` first, for two reasons. Exiting at once could let the launcher
+kill rank 0 before it prints. And a rank that is still alive afterwards was not stopped by the
+launcher, so rank 0 did not fail: the error is this rank's own, and it prints it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ import time
 
 from megadyt.errors import MegadytError
 from megadyt.parallel.launch_env import launch_rank
+from megadyt.parallel.stop_signals import default_stop_actions
 
 OTHER_RANK_GRACE_S = 5.0
+LAUNCH_HELP = """\
+on N processes (GPUs, or CPU processes) of one node:
+  python -m megadyt.parallel.torchrun --nproc_per_node=N -m megadyt train --config C
+  (torchrun's arguments, without its traceback after a megadyt error; SIGUSR1, SIGTERM and
+  a first Ctrl-C save a checkpoint and stop). launch/torchrun.sh does this with all local
+  GPUs; on many nodes use launch/slurm/pretrain.sbatch (docs/launching.md)."""
 
 # subcommand name -> module under megadyt.cli
 COMMANDS = {
@@ -68,7 +76,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or (with `only`) one holding just that subcommand: each command module
     is imported to build its arguments, and some import torch, so `megadyt plan --print
     run_dir` in the launch scripts must not pay for the others."""
-    parser = argparse.ArgumentParser(prog="megadyt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="megadyt",
+        description=__doc__.splitlines()[0],
+        epilog=LAUNCH_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
@@ -83,7 +96,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         command.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
         module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        command.set_defaults(
+            run=module.run, takes_stop_requests=getattr(module, "TAKES_STOP_REQUESTS", False)
+        )
     return parser
 
 
@@ -92,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser(only=_command_in(argv)).parse_args(argv)
+        if not args.takes_stop_requests:
+            default_stop_actions()
         return int(args.run(args) or 0)
     except MegadytError as exc:
         if debug:
@@ -103,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return exc.exit_code
     except KeyboardInterrupt:
-        print("megadyt: interrupted", file=sys.stderr)
+        if launch_rank() == 0:  # under torchrun every rank got the Ctrl-C: one line
+            print("megadyt: interrupted", file=sys.stderr)
         return 130
 
 

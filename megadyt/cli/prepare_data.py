@@ -12,6 +12,7 @@ from megadyt.data.pile import expand_inputs
 from megadyt.data.prepare import prepare_data
 from megadyt.data.tokenizer import load_tokenizer
 from megadyt.errors import MegadytError
+from megadyt.output_paths import check_writable
 
 HELP = "tokenize Pile-format JSONL (.zst too) into PREFIX.bin/.idx for training"
 
@@ -70,6 +71,7 @@ def _terminate(signum, frame):  # SIGTERM -> normal exit, so temporary files are
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise MegadytError(f"--workers must be >= 1, got {args.workers}")
+    check_writable(args.output_prefix, "--output-prefix")
     inputs: list[str] = []
     plain: list[str] = []
     for spec in args.input:

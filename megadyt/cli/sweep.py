@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from megadyt.cli.main import add_config_arguments
+from megadyt.output_paths import check_writable
 
 HELP = "train a grid of configs × seeds and tabulate final validation losses (resumable)"
 
@@ -25,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seeds per grid point: train.seed, train.seed+1, ... (default 1)",
     )
     parser.add_argument(
-        "--nproc", type=int, default=1, help="processes per cell (torchrun --standalone when > 1)"
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes per cell (megadyt's torchrun wrapper, --standalone, when > 1)",
     )
     parser.add_argument("--output", required=True, help="directory for the cells and summary")
     parser.add_argument(
@@ -36,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable(args.output, "--output", directory=True)
     from megadyt.experiments.grid import parse_grid
     from megadyt.experiments.sweep import plan_sweep, run_sweep
 

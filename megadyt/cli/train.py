@@ -1,4 +1,5 @@
-"""`megadyt train`: pretrain under torchrun, srun, or as a single process."""
+"""`megadyt train`: pretrain as a single process, under torchrun (through
+`megadyt.parallel.torchrun`) or under srun."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import signal
 from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
 from megadyt.errors import MegadytError
+from megadyt.output_paths import check_writable
 from megadyt.parallel.launch_env import launch_rank
 from megadyt.parallel.stop_signals import StopRequest, ignore_stop_signals
 
 HELP = "pretrain a model (single process, or under torchrun / srun)"
+TAKES_STOP_REQUESTS = True  # a StopRequest first thing in `run` (`megadyt.cli.main`)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +36,7 @@ def _train(args: argparse.Namespace, stop: StopRequest):
     """Load the config (before torch is imported: config errors are fast), then train."""
     overrides = [*args.overrides, *(["train.resume_fallback=true"] if args.resume_fallback else [])]
     cfg = load_config(args.config, overrides)
+    check_writable(cfg.run.dir, "run.dir", directory=True)
 
     from megadyt.parallel.distributed import destroy_distributed
     from megadyt.training.trainer import train

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from megadyt.data.spm import Tokenizer, train_tokenizer
+from megadyt.output_paths import check_writable
 
 HELP = "train a LLaMA-style SentencePiece BPE tokenizer (byte fallback, split digits)"
 
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable(args.output, "--output")
     start = time.perf_counter()
     path = train_tokenizer(
         args.input,

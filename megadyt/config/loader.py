@@ -171,7 +171,8 @@ def _directory_error(path: Path) -> ConfigError:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """The YAML mapping at `path`; a missing file, a directory or bad YAML is a ConfigError."""
+    """The YAML mapping at `path`; a missing file, a directory, bad YAML, an empty file or a
+    top level that is not a mapping is a ConfigError."""
     path = Path(path)
     if path.is_dir():
         raise _directory_error(path)
@@ -180,13 +181,21 @@ def read_yaml(path: str | Path) -> dict:
             f"config file '{path}' not found; pass an existing YAML, e.g. configs/tiny/dyt.yaml"
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file '{path}'{where}: not valid YAML; fix the syntax there")
+    if data is None:  # an empty file would silently train the defaults: never what was meant
+        raise ConfigError(
+            f"config file '{path}' is empty; give a YAML mapping of sections, e.g. copy "
+            "configs/tiny/dyt.yaml"
+        )
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}': top level must be a mapping of sections")
+        raise ConfigError(
+            f"config file '{path}': top level must be a mapping of sections, got "
+            f"{type(data).__name__}"
+        )
     return data
 
 

@@ -167,18 +167,38 @@ def _check_train_values(t: TrainConfig, tp: int) -> None:
         _require(value is None or value >= 1, f"train.{key} must be >= 1 or null, got {value}")
 
 
+def _head_size_problems(m: ModelConfig) -> list[Problem]:
+    """RoPE rotates channel pairs: megatron-core's rotary embedding needs an even head size."""
+    head = m.hidden_size // m.num_attention_heads
+    if head % 2 == 0:
+        return []
+    pair = 2 * m.num_attention_heads
+    lower = m.hidden_size - m.hidden_size % pair
+    sizes = " or ".join(str(s) for s in (lower, lower + pair) if s > 0)
+    return [
+        Problem(
+            f"model.hidden_size / model.num_attention_heads ({m.hidden_size} / "
+            f"{m.num_attention_heads}) is a head size of {head}, which rotary embeddings need "
+            "even",
+            f"e.g. model.hidden_size={sizes}",
+        )
+    ]
+
+
 def _head_problems(m: ModelConfig) -> list[Problem]:
-    return _divisible(
+    whole_heads = _divisible(
         m.hidden_size,
         m.num_attention_heads,
         f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads "
         f"({m.num_attention_heads})",
-    ) + _divisible(
+    )
+    whole_groups = _divisible(
         m.num_attention_heads,
         m.kv_heads,
         f"model.num_attention_heads ({m.num_attention_heads}) must be divisible by "
         f"model.num_query_groups ({m.kv_heads})",
     )
+    return (whole_heads or _head_size_problems(m)) + whole_groups  # a size needs whole heads
 
 
 def _tp_problems(m: ModelConfig, p: ParallelConfig) -> list[Problem]:

@@ -9,6 +9,7 @@ line number, so parsing can happen in worker processes; `parse_record` makes `(t
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -58,13 +59,62 @@ def expand_inputs(specs: list[str]) -> list[str]:
     return out
 
 
-def _open_binary(path: str) -> io.BufferedIOBase:
-    if path.endswith(".zst"):
-        import zstandard
+ZST_BLOCK = 1 << 16  # compressed bytes decompressed at a time (bounds the memory it takes)
 
-        raw = open(path, "rb")  # noqa: SIM115 - closed with the reader
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)
+
+def _zst_chunks(path: str) -> Iterator[bytes]:
+    """The decompressed bytes of a .zst file, frame after frame. zstandard's stream reader
+    ends quietly where a truncated file ends, so its last line looked like a malformed record
+    (which --skip-bad-records then dropped, with every document after it): here a frame cut
+    off by the end of the file, or corrupt data, is a MegadytError naming the byte offset."""
+    import zstandard
+
+    offset = frame_start = 0  # compressed bytes before the current block; the frame's start
+    frame = None  # the decompressor of the frame in progress (None: between frames)
+    with open(path, "rb") as raw:
+        for block in iter(lambda: raw.read(ZST_BLOCK), b""):
+            data = block
+            while data:
+                if frame is None:
+                    frame = zstandard.ZstdDecompressor().decompressobj()
+                    frame_start = offset + len(block) - len(data)
+                try:
+                    out = frame.decompress(data)
+                except zstandard.ZstdError as exc:
+                    raise MegadytError(
+                        f"{path} is corrupt: the zstd frame from byte {frame_start:,} fails "
+                        f"before byte {offset + len(block):,} ({exc}); the file is damaged: "
+                        "copy or download it again"
+                    ) from exc
+                data = frame.unused_data if frame.eof else b""
+                frame = None if frame.eof else frame
+                if out:
+                    yield out
+            offset += len(block)
+    if frame is not None:
+        raise MegadytError(
+            f"{path} is truncated: it ends at byte {offset:,} inside the zstd frame from byte "
+            f"{frame_start:,}; the file is incomplete: copy or download it again"
+        )
+
+
+def _zst_lines(path: str) -> Iterator[bytes]:
+    """The lines of a .zst file (the last without its newline), whole or not at all."""
+    pending: list[bytes] = []  # the start of a line that continues in the next chunk
+    for chunk in _zst_chunks(path):
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            pending.append(chunk[start : end + 1])
+            yield b"".join(pending)
+            pending.clear()
+            start = end + 1
+        if start < len(chunk):
+            pending.append(chunk[start:])
+    if pending:
+        yield b"".join(pending)
+
+
+def _open_binary(path: str) -> io.BufferedIOBase:
     if path.endswith(".gz"):
         import gzip
 
@@ -92,18 +142,16 @@ def iter_raw_records(path: str) -> Iterator[RawRecord]:
     if kind == "jsonl":
         number = 0
         try:
-            with _open_binary(path) as stream:
+            with contextlib.ExitStack() as stack:
+                if path.endswith(".zst"):
+                    stream = _zst_lines(path)
+                else:
+                    stream = stack.enter_context(_open_binary(path))
                 for number, line in enumerate(stream, start=1):
                     if line.strip():
                         yield RawRecord(path, number, line)
         except (OSError, EOFError) as exc:
             raise MegadytError(f"cannot read {path} after line {number}: {exc}") from exc
-        except Exception as exc:  # zstandard.ZstdError: a corrupt or truncated .zst
-            if type(exc).__module__.startswith("zstandard"):
-                raise MegadytError(
-                    f"cannot decompress {path} after line {number}: {exc} (corrupt or truncated?)"
-                ) from exc
-            raise
     elif kind == "text":
         with open(path, "rb") as stream:
             data = stream.read()

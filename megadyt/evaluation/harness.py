@@ -8,6 +8,7 @@ of the headline scores that are accuracies (acc, em, exact_match), as in the pap
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import math
@@ -56,22 +57,53 @@ def expand_tasks(spec: str | Iterable[str]) -> list[str]:
     return out
 
 
-def task_manager(include_paths: Iterable[str] = ()):
-    """lm-eval's TaskManager over its own tasks, evaluation/tasks, and any extra paths
-    (one per set of paths and process: indexing lm-eval's tasks takes seconds)."""
+def _task_paths(include_paths: Iterable[str]) -> tuple[str, ...]:
     paths = [str(TASKS_DIR)]
     for path in include_paths:
         if not os.path.isdir(path):
             raise MegadytError(f"--include-path {path!r} is not a directory of task YAMLs")
         paths.append(os.path.abspath(path))
-    return _task_manager(tuple(paths))
+    return tuple(paths)
+
+
+def task_manager(include_paths: Iterable[str] = ()):
+    """lm-eval's TaskManager over its own tasks, evaluation/tasks, and any extra paths
+    (one per set of paths and process: indexing lm-eval's tasks takes seconds)."""
+    return _task_manager(_task_paths(include_paths))
 
 
 @functools.lru_cache(maxsize=4)
-def _task_manager(paths: tuple[str, ...]):
+def _task_manager(paths: tuple[str, ...], defaults: bool = True):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=list(paths))
+    return TaskManager(include_path=list(paths), include_defaults=defaults)
+
+
+def check_task_names(names: list[str], include_paths: Iterable[str] = ()) -> None:
+    """Refuse names lm-eval does not know, all in one line, before any model is loaded.
+    Cheap where it can be: evaluation/tasks and --include-path alone are indexed at once; only
+    names not found there need lm-eval's whole index (seconds, without torch; cached for the
+    evaluation that follows)."""
+    paths = _task_paths(include_paths)
+    local = set(_task_manager(paths, defaults=False).all_tasks)
+    left = [name for name in names if name not in local]
+    if not left:
+        return
+    known = _task_manager(paths).all_tasks
+    unknown = [name for name in left if name not in set(known)]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.8)
+        if close:
+            asked = f"{name}: " if len(unknown) > 1 else ""
+            hints.append(f"{asked}did you mean {' or '.join(close)}?")
+    raise MegadytError(
+        f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: not in lm-eval's "
+        "tasks, evaluation/tasks or --include-path; "
+        + ("; ".join(hints) if hints else "suites: paper15, offline")
+    )
 
 
 def _reason(exc: BaseException) -> str:

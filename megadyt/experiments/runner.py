@@ -38,13 +38,14 @@ class CellResult:
 
 
 def train_command(config: str, overrides: list[str], nproc: int) -> list[str]:
-    """`megadyt train` for one cell: a plain process, or torchrun with `nproc` ranks."""
+    """`megadyt train` for one cell: a plain process, or torchrun (through megadyt's wrapper,
+    `megadyt.parallel.torchrun`) with `nproc` ranks."""
     sets = [arg for text in overrides for arg in ("--set", text)]
     if nproc > 1:
         launcher = [
             sys.executable,
             "-m",
-            "torch.distributed.run",
+            "megadyt.parallel.torchrun",
             "--standalone",
             f"--nproc_per_node={nproc}",
             "-m",

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from megadyt.atomic import atomic_output
+from megadyt.atomic import atomic_output, new_file_mode
 from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
 from megadyt.interop import hf_config
@@ -60,7 +60,9 @@ def _write_shards(tensors, folder: Path, dtype: torch.dtype, shard_bytes: int):
     def flush() -> None:
         nonlocal chunk, size
         if chunk:
-            save_file(chunk, str(folder / f"part-{len(parts)}"), metadata={"format": "pt"})
+            part = folder / f"part-{len(parts)}"
+            save_file(chunk, str(part), metadata={"format": "pt"})
+            os.chmod(part, new_file_mode())  # safetensors writes 0600; the rest get the umask's
             parts.append(list(chunk))
             chunk, size = {}, 0
 

@@ -174,7 +174,9 @@ def make_plan(
 
 
 def _candidates(cfg: Config, gpus_per_node: int):
-    """Single changes in the order to try: more TP, higher ZeRO stage, recompute, smaller micro."""
+    """Single changes in the order to try: more TP, higher ZeRO stage, recompute, smaller micro,
+    and last optimizer offload (at ZeRO 2 or above): it frees the most, but moves the optimizer
+    states to host memory and their update to the CPU."""
     p, t = cfg.parallel, cfg.train
     tp = p.tp * 2
     while tp <= gpus_per_node:
@@ -189,14 +191,24 @@ def _candidates(cfg: Config, gpus_per_node: int):
     while mbs >= 1:
         yield {"train.micro_batch_size": mbs}
         mbs //= 2
+    if not p.offload_optimizer:
+        yield {"parallel.zero_stage": max(2, p.zero_stage), "parallel.offload_optimizer": True}
 
 
 def _apply(cfg: Config, changes: dict) -> Config:
+    """`cfg` with `changes`; a ZeRO stage is never lowered (offload asks for at least 2)."""
     new = copy.deepcopy(cfg)
     for key, value in changes.items():
         section, name = key.split(".")
+        if key == "parallel.zero_stage":
+            value = max(value, new.parallel.zero_stage)
         setattr(getattr(new, section), name, value)
     return new
+
+
+def _applied(cfg: Config, keys) -> dict:
+    """The values `cfg` holds for the dotted `keys`."""
+    return {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in keys}
 
 
 def _fits(cfg: Config, **kwargs) -> bool:
@@ -221,7 +233,7 @@ def suggest(cfg: Config, **kwargs) -> dict | None:
             make_plan(trial, **kwargs)
         except MegadytError:
             continue  # this change does not divide; skip it
-        combined.update(change)
+        combined.update(_applied(trial, change))
         current = trial
         if _fits(current, **kwargs):
             return combined

@@ -54,7 +54,7 @@ def test_refused_reruns_leave_the_record_and_an_allowed_change_is_logged(tmp_pat
 
 def test_changes_outside_the_schedule_need_no_permission(tmp_path):
     run_dir = tmp_path / "run"
-    _train(run_dir, ["train.steps=6", "train.save_interval=3"])
+    _train(run_dir, ["train.steps=6", "train.save_interval=3", "train.stop_at_step=3"])
     _, result = _train(run_dir, ["train.steps=6", "train.log_interval=2", "train.save_interval=3"])
     assert result.last_step == 6
     assert RunDir(run_dir).read_config()["train"]["log_interval"] == 2

@@ -182,6 +182,53 @@ def choose_checkpoint(run: RunDir, fallback: bool) -> tuple[str | None, str | No
     return None, f"{first_error}; no earlier complete checkpoint verifies either", None
 
 
+def recover_latest(run: RunDir) -> str | None:
+    """Repair a missing or empty `latest` (a collective): a run directory that holds a
+    checkpoint is never trained from scratch, which would overwrite it step by step.
+
+    The newest checkpoint whose files verify is published as `latest` (atomically) and the
+    line saying so is returned; None when `latest` names a tag or no checkpoint exists. A step
+    directory without a manifest is a save that never finished (the manifest is written last,
+    and nothing publishes a directory without one): it is no checkpoint, and a fresh start
+    replaces it as before. Checkpoints of which none verifies are refused by name."""
+    rank0 = dist.get_rank() == 0
+    latest, tags = from_rank0((run.latest_tag(), run.complete_tags()) if rank0 else None)
+    if latest is not None or not tags:
+        return None
+    state = "is empty" if from_rank0(run.latest_file.exists() if rank0 else None) else "is missing"
+    errors = []
+    for tag in tags:
+        error = verify_shared(run.tag_dir(tag))
+        if error is None:
+            if rank0:
+                run.publish_latest(tag)
+            dist.barrier()  # every rank reads `latest` from here on
+            return (
+                f"{run.latest_file} {state}; resuming from {tag}, the newest checkpoint that "
+                "verifies"
+            )
+        errors.append(error)
+    raise MegadytError(
+        f"{run.latest_file} {state} and none of the checkpoints in {run.checkpoints} verifies "
+        f"({', '.join(tags)}; {tags[0]}: {errors[0]}); restore one from a backup, or move "
+        f"{run.checkpoints} away to train the run from scratch"
+    )
+
+
+def finished_at(run: RunDir, stop_at: int, fallback: bool) -> int | None:
+    """The step of the checkpoint a resume would load, when it is at or past `stop_at`: the
+    run has nothing left to train. None otherwise. A collective, verifying like a resume: a
+    damaged checkpoint is refused as on resume, or (with `fallback`) the one before it is
+    trained on from."""
+    if from_rank0(run.latest_step() if dist.get_rank() == 0 else None) < stop_at:
+        return None
+    tag, error, _ = choose_checkpoint(run, fallback)
+    if error:
+        raise MegadytError(error)
+    step = step_of(tag or "") or 0
+    return step if step >= stop_at else None
+
+
 def check_same_model(tag_dir: Path, saved: dict | None, model: dict | None) -> None:
     """A checkpoint of another model (e.g. DyT loaded into an RMSNorm config) is refused."""
     if not saved or not model:

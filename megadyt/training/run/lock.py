@@ -110,6 +110,10 @@ class RunLock:
         self._thread = threading.Thread(target=self._beat, name="megadyt-run-lock", daemon=True)
         self._thread.start()
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def release(self) -> None:
         """Mark the record released and drop the flock (idempotent)."""
         if self._fd is None:
