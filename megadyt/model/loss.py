@@ -6,7 +6,7 @@ and 4 × 2048 tokens that is 1 GB each, the largest activation of a small model 
 that limits the micro-batch at 7B. Here the tokens go through in chunks: the forward computes a
 chunk's logits, its loss and log-sum-exp, and drops the logits; the backward recomputes them
 chunk by chunk (one more output-layer matmul) and accumulates the gradients of the hidden states
-and of the weight. Peak memory holds one chunk's logits instead of all of them.
+and of the weight (in the weight's dtype, one rounding per chunk). Peak memory holds one chunk's logits instead of all of them.
 
 Under TP each rank holds a vocabulary slice of the weight, as megatron-core does: per chunk the
 row max and the sum of exponentials are all-reduced over the TP group, and the target's logit
@@ -96,6 +96,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             rows = slice(start, start + chunk)
             logits = _logits(hidden[rows], weight)
             loss[rows], log_sum_exp[rows] = _chunk_loss(logits, local_target[rows], group)
+            del logits  # before the next chunk's are made: one chunk's logits live at a time
         ctx.save_for_backward(hidden, weight, local_target, log_sum_exp)
         ctx.chunk = chunk
         return loss
@@ -106,12 +107,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         need_hidden, need_weight = ctx.needs_input_grad[:2]
         grad_loss = grad_loss.float()
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        # fp32 accumulation over the chunks, whatever the weight's dtype
-        grad_weight = (
-            torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
-            if need_weight
-            else None
-        )
+        # Summed by addmm in the weight's dtype: one rounding per chunk, no fp32 copy of W
+        grad_weight = torch.zeros_like(weight) if need_weight else None
         for start in range(0, hidden.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
             x = hidden[rows]
@@ -122,12 +119,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             if need_hidden:
                 torch.mm(g, weight, out=grad_hidden[rows])
             if need_weight:
-                if weight.dtype == torch.float32:
-                    grad_weight.addmm_(g.t(), x)
-                else:
-                    grad_weight += torch.mm(g.t(), x)
-        if need_weight:
-            grad_weight = grad_weight.to(weight.dtype)
+                grad_weight.addmm_(g.t(), x)
+            del g
         return grad_hidden, grad_weight, None, None, None, None
 
 
