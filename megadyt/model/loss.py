@@ -6,7 +6,8 @@ and 4 × 2048 tokens that is 1 GB each, the largest activation of a small model 
 that limits the micro-batch at 7B. Here the tokens go through in chunks: the forward computes a
 chunk's logits, its loss and log-sum-exp, and drops the logits; the backward recomputes them
 chunk by chunk (one more output-layer matmul) and accumulates the gradients of the hidden states
-and of the weight (in the weight's dtype, one rounding per chunk). Peak memory holds one chunk's logits instead of all of them.
+and of the weight (in the weight's dtype, one rounding per chunk). Peak memory holds one chunk's
+logits instead of all of them.
 
 Under TP each rank holds a vocabulary slice of the weight, as megatron-core does: per chunk the
 row max and the sum of exponentials are all-reduced over the TP group, and the target's logit
