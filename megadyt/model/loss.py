@@ -53,8 +53,15 @@ def _all_reduce(t: torch.Tensor, op, group) -> None:
         dist.all_reduce(t, op=op, group=group)
 
 
-def _logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return torch.mm(hidden, weight.t()).float()
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """A chunk's logits in fp32, the matmul written into `buffer`: one buffer for all chunks of
+    a pass, so a pass allocates (and on CPU page-faults) one chunk's worth, not one per chunk."""
+    return torch.mm(hidden, weight.t(), out=buffer[: hidden.shape[0]]).float()
+
+
+def _chunk_buffer(hidden: torch.Tensor, weight: torch.Tensor, chunk: int) -> torch.Tensor:
+    return torch.empty(min(chunk, hidden.shape[0]), weight.shape[0], dtype=hidden.dtype,
+                       device=hidden.device)  # fmt: skip
 
 
 def _owned(local_target: torch.Tensor, vocab_shard: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,9 +100,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         local_target = target - vocab_start
         loss = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)
         log_sum_exp = torch.empty_like(loss)
+        buffer = _chunk_buffer(hidden, weight, chunk)
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
-            logits = _logits(hidden[rows], weight)
+            logits = _logits(hidden[rows], weight, buffer)
             loss[rows], log_sum_exp[rows] = _chunk_loss(logits, local_target[rows], group)
             del logits  # before the next chunk's are made: one chunk's logits live at a time
         ctx.save_for_backward(hidden, weight, local_target, log_sum_exp)
@@ -110,12 +118,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         # Summed by addmm in the weight's dtype: one rounding per chunk, no fp32 copy of W
         grad_weight = torch.zeros_like(weight) if need_weight else None
+        buffer = _chunk_buffer(hidden, weight, ctx.chunk)
         for start in range(0, hidden.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
             x = hidden[rows]
             g = _chunk_logits_grad(
-                _logits(x, weight), log_sum_exp[rows], local_target[rows], grad_loss[rows],
-                hidden.dtype,
+                _logits(x, weight, buffer), log_sum_exp[rows], local_target[rows],
+                grad_loss[rows], hidden.dtype,
             )  # fmt: skip
             if need_hidden:
                 torch.mm(g, weight, out=grad_hidden[rows])
