@@ -46,7 +46,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import norm_peers  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+import kernel_timing  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+import norm_peers  # noqa: E402
+import norm_sweep  # noqa: E402
 
 from megadyt.norms import (  # noqa: E402
     derf,
@@ -78,25 +80,19 @@ class Timer:
         return time.perf_counter() - t0
 
 
-def cuda_times(fn: Callable[[], object], grads: list[torch.Tensor]) -> list[float]:
-    """Seconds per call of `fn` on CUDA, by triton.testing.do_bench: it flushes the L2 cache
-    before every call (a 4096x4096 bf16 input would otherwise stay in the H200's 60 MB L2) and
-    times each call with CUDA events while the flush keeps the GPU busy, so launch latency is
-    hidden. Timing one call between a synchronize and two events instead measured mostly
-    launch latency on the first H200 run (0.12 ms for a rms_norm whose floor is 0.017 ms)."""
-    from triton.testing import do_bench
-
-    ms = do_bench(fn, warmup=10, rep=40, grad_to_none=grads, return_mode="all")
-    return [t / 1e3 for t in ms]
-
-
 def copy_bandwidth(device: torch.device, timer: Timer, mbytes: int = 256, repeats: int = 10):
-    """Bytes/s of dst.copy_(src) (2·bytes per copy), median of `repeats` after warm-up."""
+    """Bytes/s of dst.copy_(src) (2·bytes per copy), median of `repeats` after warm-up; on CUDA
+    1 GiB timed by do_bench, so launch latency does not lower it (and inflate floor fractions)."""
+    if device.type == "cuda":
+        mbytes = max(mbytes, 1024)
     src = torch.randn(mbytes * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
-    times = [timer(lambda: dst.copy_(src)) for _ in range(repeats)]
+    if device.type == "cuda":
+        times = kernel_timing.wall_times(lambda: dst.copy_(src), [])
+    else:
+        times = [timer(lambda: dst.copy_(src)) for _ in range(repeats)]
     return 2 * src.numel() * 4 / statistics.median(times)
 
 
@@ -147,19 +143,37 @@ def _triton_ok(device: torch.device) -> bool:
 # --------------------------------------------------------------------------------- kernels
 
 
-def bench_shape(device, timer, shape, dtype, impls, warmup, repeats, bandwidth):
-    """Rows for one (shape, dtype): every candidate, forward and forward+backward."""
-    m, n = shape
-    x = torch.randn(m, n, device=device, dtype=dtype).requires_grad_()
-    dy = torch.randn(m, n, device=device, dtype=dtype)
-    cands = candidates(device, n, dtype, impls)
+# Activations an ideal kernel moves per pass: forward reads x, writes y; backward reads x and dy
+# and writes dx (parameter gradients are a row of sums, negligible next to them).
+FLOOR_ACTIVATIONS = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
+
+
+def _steps(x: torch.Tensor, dy: torch.Tensor) -> dict[str, Callable]:
+    """pass -> step(fn, params): forward under no_grad; backward alone (through a graph kept
+    from one forward); forward and backward."""
+    kept: dict[int, torch.Tensor] = {}
 
     def fwd(fn, p):
         with torch.no_grad():
             fn(x, p)
 
+    def bwd(fn, p):
+        if id(fn) not in kept:
+            kept[id(fn)] = fn(x, p)
+        kept[id(fn)].backward(dy, retain_graph=True)
+
     def fwd_bwd(fn, p):
         fn(x, p).backward(dy)
+
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}
+
+
+def bench_shape(device, timer, shape, dtype, impls, warmup, repeats, bandwidth):
+    """Rows for one (shape, dtype): every candidate, forward, backward and both."""
+    m, n = shape
+    x = torch.randn(m, n, device=device, dtype=dtype).requires_grad_()
+    dy = torch.randn(m, n, device=device, dtype=dtype)
+    cands = candidates(device, n, dtype, impls)
 
     def clear(p):
         x.grad = None
@@ -167,55 +181,102 @@ def bench_shape(device, timer, shape, dtype, impls, warmup, repeats, bandwidth):
             t.grad = None
 
     jobs = [(op, impl, name, step, fn, p) for op, impl, fn, p in cands
-            for name, step in (("fwd", fwd), ("fwd+bwd", fwd_bwd))]  # fmt: skip
+            for name, step in _steps(x, dy).items()]  # fmt: skip
     times: dict[tuple, list[float]] = {job[:3]: [] for job in jobs}
+    kernels: dict[tuple, tuple[list[float], float]] = {}
     for *_, step, fn, p in jobs:  # warm-up (compiles on first call)
         for _ in range(warmup):
             clear(p)
             step(fn, p)
-    if timer.cuda:  # per-call times with L2 flushed before each call: see cuda_times
+    if timer.cuda:  # per-call times with L2 flushed before each call: see kernel_timing
         for op, impl, name, step, fn, p in jobs:
             call = lambda s=step, f=fn, q=p: s(f, q)  # noqa: E731
-            times[(op, impl, name)] = cuda_times(call, [x, *p.values()])
+            times[(op, impl, name)] = kernel_timing.wall_times(call, [x, *p.values()])
+            kernels[(op, impl, name)] = kernel_timing.kernel_times(call, [x, *p.values()])
     else:
         for _ in range(repeats):
             for op, impl, name, step, fn, p in jobs:
                 clear(p)
                 times[(op, impl, name)].append(timer(lambda s=step, f=fn, q=p: s(f, q)))
     size = x.element_size() * x.numel()
-    floor = {"fwd": 2 * size / bandwidth, "fwd+bwd": 5 * size / bandwidth}
+    floor = {name: k * size / bandwidth for name, k in FLOOR_ACTIVATIONS.items()}
     base = {name: statistics.median(times[("rmsnorm", "torch", name)]) for name in floor}
     rows = []
     for (op, impl, name), ts in times.items():
         sec = statistics.median(ts)
-        rows.append(
-            {
-                "shape": f"{m}x{n}",
-                "dtype": {v: k for k, v in DTYPES.items()}[dtype],
-                "op": op,
-                "impl": impl,
-                "pass": name,
-                "ms": sec * 1e3,
-                "min_ms": min(ts) * 1e3,
-                "floor_ms": floor[name] * 1e3,
-                "floor_fraction": floor[name] / sec,
-                "vs_rmsnorm_torch": sec / base[name],
-                "repeats": len(ts),
-            }
-        )
+        row = {
+            "shape": f"{m}x{n}",
+            "dtype": {v: k for k, v in DTYPES.items()}[dtype],
+            "op": op,
+            "impl": impl,
+            "pass": name,
+            "ms": sec * 1e3,
+            "min_ms": min(ts) * 1e3,
+            "floor_ms": floor[name] * 1e3,
+            "floor_fraction": floor[name] / sec,
+            "vs_rmsnorm_torch": sec / base[name],
+            "repeats": len(ts),
+        }
+        if (op, impl, name) in kernels:
+            per_call, count = kernels[(op, impl, name)]
+            kernel_s = statistics.median(per_call)
+            row.update(kernel_ms=kernel_s * 1e3, kernel_floor_fraction=floor[name] / kernel_s,
+                       kernels_per_call=count)  # fmt: skip
+        rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict], liger: str) -> None:
-    print("| shape | dtype | op | impl | pass | ms | floor | vs rmsnorm torch |")
-    print("|---|---|---|---|---|---:|---:|---:|")
+    kernels = any("kernel_ms" in r for r in rows)
+    extra = " kernel ms | kernel floor | kernels |" if kernels else ""
+    print(f"| shape | dtype | op | impl | pass | ms | floor | vs rmsnorm torch |{extra}")
+    print("|---|---|---|---|---|---:|---:|---:|" + ("---:|---:|---:|" if kernels else ""))
     for r in rows:
+        cells = (
+            f" {r['kernel_ms']:.4f} | {r['kernel_floor_fraction']:.2f} "
+            f"| {r['kernels_per_call']:.0f} |"
+            if "kernel_ms" in r
+            else ""
+        )
         print(
             f"| {r['shape']} | {r['dtype']} | {r['op']} | {r['impl']} | {r['pass']} "
-            f"| {r['ms']:.2f} | {r['floor_fraction']:.2f} | {r['vs_rmsnorm_torch']:.2f}x |"
+            f"| {r['ms']:.4f} | {r['floor_fraction']:.2f} | {r['vs_rmsnorm_torch']:.2f}x |{cells}"
         )
     if not any(r["impl"] == "liger" for r in rows):
         print(f"| all | all | rmsnorm, dyt | liger | all | {liger} | - | - |")
+
+
+def target_check(rows: list[dict]) -> list[dict]:
+    """Per shape, dtype and pass: megadyt's Triton DyT against the issue's targets, by kernel
+    time on CUDA (wall time elsewhere): within 1.25x of the floor, faster than Liger's DyT."""
+    key = "kernel_ms" if any("kernel_ms" in r for r in rows) else "ms"
+    index = {(r["shape"], r["dtype"], r["op"], r["impl"], r["pass"]): r for r in rows}
+    out = []
+    for (shape, dtype, op, impl, name), r in index.items():
+        if op != "dyt" or impl != "triton":
+            continue
+        liger = index.get((shape, dtype, "dyt", "liger", name))
+        rms = index[(shape, dtype, "rmsnorm", "torch", name)]
+        out.append(
+            {
+                "shape": shape,
+                "dtype": dtype,
+                "pass": name,
+                "by": key,
+                "times_floor": r[key] / r["floor_ms"],
+                "within_target": r[key] <= 1.25 * r["floor_ms"],
+                "vs_liger_dyt": None if liger is None else r[key] / liger[key],
+                "rmsnorm_torch_times_floor": rms[key] / r["floor_ms"],
+            }
+        )
+    for t in out:
+        liger = "-" if t["vs_liger_dyt"] is None else f"{t['vs_liger_dyt']:.2f}x Liger's DyT"
+        print(
+            f"DyT triton {t['shape']} {t['dtype']} {t['pass']}: {t['times_floor']:.2f}x the "
+            f"floor (target <= 1.25), {liger}; torch rms_norm "
+            f"{t['rmsnorm_torch_times_floor']:.2f}x the floor"
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------ Appendix C
@@ -345,6 +406,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--appendix-c", action="store_true", help="run the Appendix C protocol instead")
     p.add_argument(
+        "--sweep", action="store_true",
+        help="CUDA: also time megadyt's Triton kernels at other launch shapes (norm_sweep.py)",
+    )  # fmt: skip
+    p.add_argument(
         "--update", action="store_true", help="merge into an existing --output JSON file"
     )
     p.add_argument("--output", default="bench-norms.json")
@@ -372,6 +437,14 @@ def main(argv=None) -> int:
                 print(f"done: {shape} {dt}", file=sys.stderr, flush=True)
         print_table(rows, info["liger_kernel"])
         result["rows"] = rows
+        result["targets"] = target_check(rows)
+        if args.sweep and _triton_ok(device):
+            shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+            result["sweep"] = [
+                row for dt in args.dtypes for row in norm_sweep.sweep(shapes, DTYPES[dt], bandwidth)
+            ]
+        elif args.sweep:
+            print("\n--sweep: skipped, it times the Triton kernels on CUDA only")
     else:
         passes = args.repeats if args.repeats is not None else 100
         result["appendix_c"] = appendix_c(device, timer, args.impls, passes, info["liger_kernel"])

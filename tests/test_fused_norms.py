@@ -9,9 +9,11 @@ Triton's interpreter in a subprocess (TRITON_INTERPRET must be set before triton
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -260,38 +262,85 @@ def test_explicit_triton_on_cpu_without_interpreter_raises():
 # ----------------------------------------------------------------- Triton, via interpreter
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
-def test_triton_kernels_compile_for_hopper():
-    """The interpreter accepts code real compilation rejects (e.g. non-constexpr globals), so
-    also compile the kernels ahead of time to an sm_90 cubin (needs no GPU, only ptxas)."""
-    backend = dispatch.triton_backend()
-    if backend is None or backend.INTERPRETED:
-        pytest.skip("triton does not import, or this process runs its interpreter")
+HOPPER_SMS = 132  # H100 SXM and H200
+LLAMA_SHAPES = [(4096, 4096), (8192, 8192)]  # tokens x width of LLaMA-7B/70B activations
+
+
+def _compile_for_hopper(kernel, pointers: dict, ints: tuple, constexprs: dict, num_warps: int):
+    """`kernel` compiled to an sm_90 cubin, specialised as a launch specialises it on such
+    shapes: 16-byte aligned pointers, integer arguments divisible by 16."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    def compile_(kernel, ptrs, ints, constexprs):
-        signature = {**ptrs, **dict.fromkeys(ints, "i32"), **dict.fromkeys(constexprs, "constexpr")}
-        src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32))
-
-    for dt in ("fp32", "bf16"):
-        for name, (f, df) in backend.TRITON_FUNCTIONS.items():
-            shifted = name == "erf"
-            fwd_ptrs = {k: f"*{dt}" for k in ("x_ptr", "y_ptr", "a_ptr", "s_ptr", "w_ptr", "b_ptr")}
-            consts = dict(F=f, HAS_SHIFT=shifted, HAS_BIAS=shifted, BLOCK_M=4, BLOCK_N=1024)
-            assert compile_(backend._fwd_kernel, fwd_ptrs, ("M", "N"), consts).asm["cubin"]
-            bwd_ptrs = {
-                k: f"*{dt}" for k in ("dy_ptr", "x_ptr", "a_ptr", "s_ptr", "w_ptr", "dx_ptr")
-            }
-            bwd_ptrs.update(dict.fromkeys(("dw_part", "db_part", "da_part", "ds_part"), "*fp32"))
-            consts = dict(F=f, DF=df, HAS_SHIFT=shifted, ROWS_PER_PROG=128, BLOCK_M=8, BLOCK_N=256)
-            kernel = compile_(backend._bwd_kernel, bwd_ptrs, ("M", "N"), consts)
-            assert kernel.asm["cubin"] and ".local" not in kernel.asm["ptx"]  # no spills
+    signature = {**pointers, **dict.fromkeys(ints, "i32"), **dict.fromkeys(constexprs, "constexpr")}
+    attrs = {(kernel.arg_names.index(k),): [["tt.divisibility", 16]] for k in (*pointers, *ints)}
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
-TRITON_SHAPES = [(1, 7), (3, 5, 33), (17, 129), (70, 300)]
+def _launched_kernels(backend):
+    """(name, kernel, pointers, ints, constexprs, num_warps) of every kernel launch forward and
+    backward make for LLAMA_SHAPES on a Hopper GPU, DyT without and Derf with shift and bias."""
+    import triton
+
+    out = {}
+    for (m, n), dt, name in itertools.product(LLAMA_SHAPES, ("fp32", "bf16"), ("tanh", "erf")):
+        (f, df), shifted = backend.TRITON_FUNCTIONS[name], name == "erf"
+        x = torch.empty(
+            m, n, dtype=torch.float32 if dt == "fp32" else torch.bfloat16, device="meta"
+        )
+        flags = dict(HAS_SHIFT=shifted, HAS_BIAS=shifted)
+        math = dict(PRECISE=dt == "fp32", FAST=True)
+        fwd = backend.forward_config(x)
+        bwd = backend.backward_config(x, programs=backend.PROGRAMS_PER_SM * HOPPER_SMS)
+        n_row = triton.cdiv(m, bwd.rows_per_prog)
+        rows, slots = triton.next_power_of_2(n_row), n_row * triton.cdiv(n, bwd.block_n)
+        io = dict.fromkeys(("x_ptr", "y_ptr", "a_ptr", "s_ptr", "w_ptr", "b_ptr"), f"*{dt}")
+        grads = dict.fromkeys(("dy_ptr", "x_ptr", "a_ptr", "s_ptr", "w_ptr", "dx_ptr"), f"*{dt}")
+        parts = dict.fromkeys(("dw_part", "db_part", "da_part", "ds_part"), "*fp32")
+        sums = dict(parts, **dict.fromkeys(("dw_ptr", "db_ptr", "da_ptr", "ds_ptr"), f"*{dt}"))
+        launches = [
+            ("fwd", backend._fwd_kernel, io, ("M", "N"), dict(F=f, **flags, **math,
+             BLOCK_M=fwd.block_m, BLOCK_N=fwd.block_n), fwd.num_warps),
+            ("bwd", backend._bwd_kernel, {**grads, **parts}, ("M", "N"), dict(
+             F=f, DF=df, **flags, **math, ROWS_PER_PROG=bwd.rows_per_prog,
+             BLOCK_M=bwd.block_m, BLOCK_N=bwd.block_n), bwd.num_warps),
+            ("sum", backend._bwd_sum_kernel, sums, ("n_rows", "N", "n_slots"), dict(
+             **flags, ROWS=rows, BLOCK=max(1, min(n, 4096 // rows)),
+             SLOTS=triton.next_power_of_2(slots)), 4),
+        ]  # fmt: skip
+        for kind, kernel, pointers, ints, constexprs, warps in launches:
+            key = (kind, dt, name, tuple(sorted((k, str(v)) for k, v in constexprs.items())))
+            out[key] = (f"{kind} {name} {dt} {m}x{n}", kernel, pointers, ints, constexprs, warps)
+    return list(out.values())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_kernels_compile_for_hopper():
+    """The interpreter accepts code real compilation rejects (e.g. non-constexpr globals), so
+    also compile each kernel, in the launch configurations the backend picks for LLaMA widths on
+    a Hopper GPU, ahead of time to an sm_90 cubin (needs no GPU, only triton's ptxas), and check
+    it keeps everything in registers: no local memory in the PTX nor in the cubin, where
+    ptxas's register spills would show."""
+    backend = dispatch.triton_backend()
+    if backend is None or backend.INTERPRETED:
+        pytest.skip("triton does not import, or this process runs its interpreter")
+    import triton
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    assert cuobjdump.exists(), "triton ships cuobjdump with its NVIDIA backend"
+    for name, kernel, pointers, ints, constexprs, warps in _launched_kernels(backend):
+        compiled = _compile_for_hopper(kernel, pointers, ints, constexprs, warps)
+        assert ".local" not in compiled.asm["ptx"], name
+        cubin = Path(tempfile.mkdtemp()) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run([str(cuobjdump), "-res-usage", str(cubin)], capture_output=True,
+                               text=True, check=True).stdout  # fmt: skip
+        assert "LOCAL:0" in usage and "STACK:0" in usage, f"{name} spills: {usage}"
+
+
+TRITON_SHAPES = [(1, 7), (3, 5, 33), (17, 129), (70, 300), (5, 1100)]  # last: 2-3 column blocks
 
 
 def triton_interpreter_cases() -> int:
@@ -312,6 +361,32 @@ def triton_interpreter_cases() -> int:
     return count
 
 
+def triton_launch_configs() -> int:
+    """Launch shapes other than the default ones (what a benchmark sweep tries: one row or many
+    per step, more warps, a row count that does not divide the rows) give the default's
+    results: the forward bit for bit, the backward's sums up to their order. Returns count."""
+    backend = dispatch.triton_backend()
+    config = backend.LaunchConfig
+    sweeps = [(config(1, 64), config(1, 64, 4, 8)), (config(8, 128, 8), config(4, 128, 8, 16))]
+    count = 0
+    for kind, dtype in (("dyt", torch.float32), ("derf", torch.float32), ("derf", torch.bfloat16)):
+        inputs, upstream = make_inputs(kind, (70, 300), dtype, True)
+        args = [FUNCTIONS[kind], *(inputs[k] for k in ("x", "alpha", "shift", "weight", "bias"))]
+        y = backend.forward(*args)
+        grads = backend.backward(args[0], upstream, *args[1:])
+        for forward_config, backward_config in sweeps:
+            torch.testing.assert_close(
+                backend.forward(*args, config=forward_config), y, rtol=0, atol=0
+            )
+            swept = backend.backward(args[0], upstream, *args[1:], config=backward_config)
+            for got, want in zip(swept, grads, strict=True):
+                torch.testing.assert_close(
+                    got, want, **dict(zip(("rtol", "atol"), TOL[dtype]["grad"]))
+                )
+            count += 1
+    return count
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_triton_kernels_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -323,10 +398,13 @@ def test_triton_kernels_under_interpreter():
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "triton interpreter: 52 cases match the reference" in proc.stdout
+    assert "triton interpreter: 64 cases match the reference" in proc.stdout
+    assert "6 other launch configurations match the default" in proc.stdout
 
 
 if __name__ == "__main__":
     warnings.simplefilter("ignore")
     n = triton_interpreter_cases()
     print(f"triton interpreter: {n} cases match the reference")
+    n = triton_launch_configs()
+    print(f"triton interpreter: {n} other launch configurations match the default")

@@ -64,6 +64,12 @@ class ModelConfig:
     # (FlashAttention on CUDA, no [s, s] scores kept); "local" is megatron-core's unfused class.
     # Not part of the model's identity either.
     attention_impl: AttentionImplName = "sdpa"
+    # The training/validation loss: "on" runs the output layer and the cross entropy in chunks
+    # of tokens (megadyt.model.loss), so the whole logits never exist; "off" is megatron-core's
+    # path (all logits, then its vocab-parallel cross entropy); "auto" chunks where the logits
+    # would exceed one chunk (64 MiB of fp32 or more). Same loss and gradients either way; what
+    # needs logits (lm-eval) always gets them. Not part of the model's identity either.
+    fused_loss: Literal["auto", "on", "off"] = "auto"
 
     @property
     def kv_heads(self) -> int:

@@ -23,6 +23,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megadyt.config.schema import Config, ModelConfig
 from megadyt.model import rope
 from megadyt.model.attention import SdpaDotProductAttention
+from megadyt.model.loss import LossOutputLayer, fused_loss_applies
 from megadyt.norms import tp_summed
 from megadyt.norms.registry import entry_of, has_embedding_scale, norm_classes, norm_entry
 
@@ -119,6 +120,10 @@ class LlamaModel(GPTModel):
             self.embedding.embedding_scale = scale
             self.embedding.register_forward_hook(_scale_embedding_output)
         self._causal_masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+        # GPTModel builds its output layer itself (no spec slot): re-class it to add the chunked
+        # loss path. Weights, state-dict keys and the logits path stay megatron-core's.
+        self.output_layer.__class__ = LossOutputLayer
+        self.fused_loss = m.fused_loss
 
     def causal_mask(self, seq_len: int, device: torch.device) -> torch.Tensor:
         """[1, 1, s, s] boolean mask, True above the diagonal (masked), built on `device`."""
@@ -140,6 +145,18 @@ class LlamaModel(GPTModel):
             attention_mask=self.causal_mask(s, tokens.device),
             labels=labels,
         )
+
+    def _postprocess(self, hidden_states, labels=None, **kwargs):
+        """GPTModel's logits-and-loss step; a loss under `model.fused_loss` comes from the
+        output layer's chunked path (megadyt.model.loss) instead of the whole logits."""
+        if labels is not None and kwargs.get("inference_context") is None:
+            layer = self.output_layer
+            if fused_loss_applies(
+                self.fused_loss, labels.numel(), layer.input_size, layer.output_size_per_partition
+            ):
+                loss, _ = layer(hidden_states, labels=labels.transpose(0, 1))
+                return loss.transpose(0, 1).contiguous()
+        return super()._postprocess(hidden_states=hidden_states, labels=labels, **kwargs)
 
 
 def build_model(cfg: Config, perform_initialization: bool = True) -> LlamaModel:

@@ -136,7 +136,9 @@ class _FusedElementwiseNorm(torch.autograd.Function):
     def backward(ctx, dy):
         x2d, alpha, shift, weight, bias = ctx.saved_tensors
         dy2d = dy.reshape(x2d.shape).contiguous()
-        dx, da, ds, dw, db = ctx.backend.backward(ctx.function, dy2d, x2d, alpha, shift, weight)
+        dx, da, ds, dw, db = ctx.backend.backward(
+            ctx.function, dy2d, x2d, alpha, shift, weight, bias
+        )
         need = ctx.needs_input_grad
         return (
             dx.view(ctx.x_shape) if need[0] else None,

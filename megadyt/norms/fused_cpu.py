@@ -173,8 +173,10 @@ def backward(
     alpha: torch.Tensor,
     shift: torch.Tensor | None,
     weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> Grads:
-    """(dx, dα, ds or None, dγ, dβ); dx in x's dtype, parameter grads in fp32."""
+    """(dx, dα, ds or None, dγ, dβ); dx in x's dtype, parameter grads in fp32. dβ comes
+    whether or not there is a `bias` (one compiled graph for both)."""
     bodies, shifted = bodies_of(function), shift is not None
     key_dx = (function, shifted, "bwd_dx", x.dtype, dy.dtype, weight.dtype)
     key_cols = (function, shifted, "bwd_cols", x.dtype, dy.dtype)

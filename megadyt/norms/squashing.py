@@ -4,7 +4,7 @@ A `SquashingFunction` names a torch elementwise function (`torch.tanh`, `torch.e
 gives its derivative. That is all the fused CPU path (torch.compile), the autograd Function, the
 saturation monitor and the Hugging Face export need, so a new squashing norm brings its
 function here and no kernel code. Hand-written Triton kernels are optional
-(`fused_triton.TRITON_FUNCTIONS`); without them CUDA runs the compiled path (inductor's Triton).
+(`triton_math.TRITON_FUNCTIONS`); without them CUDA runs the compiled path (inductor's Triton).
 This module imports only torch: everything in `norms` may import it.
 """
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from megadyt.config.schema import Config
 from megadyt.model.counting import count_parameters
+from megadyt.model.loss import chunk_tokens, fused_loss_applies
 
 GB = 1e9
 
@@ -108,13 +109,33 @@ def activation_bytes(cfg: Config, recompute: str, act_bytes: int) -> float:
         stored = m.num_layers * h / seq_shard + layer_full
     else:  # pragma: no cover - validated by the config loader
         raise ValueError(recompute)
-    # Embedding output and final-norm input (h each, split under SP); logits of the vocab
-    # shard in the activation dtype plus the fp32 copy the cross entropy keeps.
-    vocab_shard = m.vocab_size / t
-    head = 2 * h / seq_shard * act_bytes + vocab_shard * (act_bytes + 4)
-    # Backward transient: the fp32 logits gradient and one layer's activation gradients.
-    transient = vocab_shard * 4 + (replicated + sharded) * act_bytes
-    return tokens * (stored * act_bytes + head + transient)
+    # Embedding output and final-norm input (h each, split under SP).
+    head = 2 * h / seq_shard * act_bytes
+    # Backward transient: one layer's activation gradients.
+    transient = (replicated + sharded) * act_bytes
+    return tokens * (stored * act_bytes + head + transient) + loss_bytes(cfg, act_bytes)
+
+
+def loss_bytes(cfg: Config, act_bytes: int) -> float:
+    """The logits and the loss of one micro-batch on one rank, at their peak (the loss's own
+    forward and backward, while every layer's activations are held).
+
+    megatron-core's path: the vocab shard's fp32 logits, which its cross entropy turns into the
+    softmax it keeps and then, in place, into the gradient; in half precision also the logits
+    in the activation dtype (forward) or the gradient cast back to it (backward). So
+    tokens · V/tp · (4 + a), or 4 in fp32: 262 MB measured for 2048 × 32,000 fp32 logits.
+    Chunked (`model.fused_loss`, megadyt.model.loss): the same for one chunk's tokens, plus the
+    per-token log-sum-exp kept for the backward and, under SP, the gathered input it keeps.
+    """
+    m, p = cfg.model, cfg.parallel
+    tokens = m.seq_length * cfg.train.micro_batch_size
+    vocab_shard = m.vocab_size // p.tp
+    per_row = vocab_shard * (4 + (act_bytes if act_bytes < 4 else 0))
+    if not fused_loss_applies(m.fused_loss, tokens, m.hidden_size, vocab_shard):
+        return tokens * per_row
+    chunk = chunk_tokens(tokens, m.hidden_size, vocab_shard)
+    gathered = m.hidden_size * act_bytes * (1 - 1 / p.tp) if p.sp else 0.0
+    return chunk * per_row + tokens * (4 + gathered)
 
 
 def memory_breakdown(cfg: Config, dp: int, bf16: bool, on_gpu: bool = True) -> MemoryBreakdown:

@@ -31,7 +31,7 @@ from megadyt.parallel.distributed import from_rank0
 from megadyt.training.run.layout import RunDir
 
 # How a model is computed, not what it is: free to change between save and resume.
-EXECUTION_ONLY_MODEL_KEYS = frozenset({"norm_impl", "attention_impl"})
+EXECUTION_ONLY_MODEL_KEYS = frozenset({"norm_impl", "attention_impl", "fused_loss"})
 # How a fresh run chose its starting weights and α: a resume loads both from the checkpoint.
 INITIALIZATION_ONLY_MODEL_KEYS = frozenset(
     {"init_std", "alpha_init", "alpha_calibration_attention", "alpha_calibration_other"}
