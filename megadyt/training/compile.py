@@ -112,3 +112,23 @@ def compile_layers(cfg: Config, model: torch.nn.Module) -> LayerCompilation | No
 def eager() -> contextlib.AbstractContextManager:
     """Run compiled code eagerly inside this context (evaluation; nothing compiles)."""
     return torch.compiler.set_stance("force_eager")
+
+
+def explain_layer(model: torch.nn.Module, batch: int = 2) -> tuple[int, list[str]]:
+    """(graphs, graph-break reasons) of torch.compile tracing `model`'s first transformer layer,
+    forward, on a random input of the model's shape: (1, []) is a layer with no graph break.
+    Traces only (torch._dynamo.explain): no code is generated, so it takes seconds."""
+    layer = transformer_layers(model)[0]
+    config = layer.config
+    seq = model.max_sequence_length
+    local_seq = seq // config.tensor_model_parallel_size if config.sequence_parallel else seq
+    device = next(model.parameters()).device
+    x = torch.randn(local_seq, batch, config.hidden_size, device=device, requires_grad=True)
+    rope = model.rotary_pos_emb(seq)
+    forward = getattr(layer.forward, "_torchdynamo_orig_callable", layer.forward)
+
+    def run(hidden):
+        return forward(hidden, attention_mask=None, rotary_pos_emb=rope)
+
+    explained = torch._dynamo.explain(run)(x)
+    return explained.graph_count, [reason.reason for reason in explained.break_reasons]
