@@ -251,47 +251,25 @@ def _train_table(rows: list[dict]) -> list[str]:
 
 
 def profile(ctx: Context, guards) -> dict:
-    import torch
     import train_steps
-    from torch.profiler import ProfilerActivity, schedule
 
-    cuda = torch.cuda.is_available()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
     runs = []
     for norm in ["dyt"] if ctx.smoke else ["rmsnorm", "dyt"]:
         cfg = train_steps.megadyt_config(ctx.size, norm, True, 4)
-        # step 0 compiles (from the train stage's cache), step 1 warms up, 2 and 3 are recorded
-        with torch.profiler.profile(
-            activities=activities, schedule=schedule(wait=1, warmup=1, active=2)
-        ) as prof:
-            result = train_steps.megadyt_steps(cfg, 4, profiler=prof)
+        runs.append(train_steps.profile_steps(cfg, TOP_KERNELS))  # compiles from the cache
         train_steps.release()
-        events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
-        runs.append(
-            {
-                "norm": norm,
-                "compiled": True,
-                "timed_by": key,
-                "wall_ms_per_step": 1e3 * statistics.mean(result["seconds"][2:]),
-                "device_ms_per_step": sum(getattr(e, key) for e in events) / 1e3 / 2,
-                "top": [
-                    {"op": e.key, "ms_per_step": getattr(e, key) / 1e3 / 2, "calls": e.count / 2}
-                    for e in events[:TOP_KERNELS]
-                ],
-            }
-        )
     table = []
     for run in runs:
         table += [
-            f"{run['norm']} compiled: {run['device_ms_per_step']:.1f} ms of {run['timed_by']} "
+            f"{run['norm']} compiled: {run['total_ms_per_step']:.1f} ms of {run['timed_by']} "
             f"per step, {run['wall_ms_per_step']:.1f} ms wall",
             "",
             "| kernel | ms/step | calls/step |",
             "|---|---:|---:|",
         ]
         table += [
-            f"| {t['op'][:70]} | {t['ms_per_step']:.2f} | {t['calls']:.0f} |" for t in run["top"]
+            f"| {t['op'][:70]} | {t['ms_per_step']:.2f} | {t['calls_per_step']:.0f} |"
+            for t in run["top"]
         ]
         table.append("")
     return {"runs": runs, "table": table}

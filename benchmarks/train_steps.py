@@ -140,6 +140,31 @@ def hf_steps(cfg: Config, steps: int, compiled: bool) -> dict:
     return result
 
 
+def profile_steps(cfg: Config, top: int = 12) -> dict:
+    """torch.profiler over two training steps of `cfg` (after one that compiles and one that
+    warms up): the operators and kernels with the most self time (device time on CUDA, else
+    CPU), per step, and the wall time of those steps."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    with profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=2)) as prof:
+        result = megadyt_steps(cfg, 4, profiler=prof)
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    return {
+        "norm": cfg.model.norm,
+        "compiled": cfg.train.compile,
+        "timed_by": key,
+        "wall_ms_per_step": 1e3 * sum(result["seconds"][2:]) / 2,
+        "total_ms_per_step": sum(getattr(e, key) for e in events) / 1e3 / 2,
+        "top": [
+            {"op": e.key, "ms_per_step": getattr(e, key) / 1e3 / 2, "calls_per_step": e.count / 2}
+            for e in events[:top]
+        ],
+    }
+
+
 def _peak_memory_gib() -> float | None:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
