@@ -13,6 +13,7 @@ import torch
 from helpers import SMALL_MODEL, metrics_records, small_config, train_small
 
 from megadyt.config.schema import Config
+from megadyt.errors import ConfigError
 from megadyt.parallel.testing import run_distributed
 from megadyt.training.compile import compile_enabled, explain_layer
 
@@ -68,6 +69,8 @@ def test_auto_compiles_on_cuda_only():
     assert compile_enabled(small_config(["train.compile=on"]))
     assert not compile_enabled(small_config(["train.compile=off"]))
     assert Config().train.compile == "auto"
+    with pytest.raises(ConfigError, match="train.compile.*'auto' \\| 'on' \\| 'off'"):
+        small_config(["train.compile=always"])
 
 
 def _one_process(rank: int, world_size: int, tmp: str) -> dict:
