@@ -15,7 +15,7 @@ report counts the breaks). DeepSpeed's "leaf module" setting, which would gather
 layer's parameters at once, failed in backward with megatron-core's layers (eager too).
 
 Compiling happens lazily on the first step (and again for each new variant: gradients off under
-full recompute, the saturation monitor's log steps); `LayerCompilation.report` measures the
+full recompute, the saturation monitor's log steps); `LayerCompilation.first_report` measures the
 first step's share from Dynamo's own timers. Evaluation runs the layers eagerly (`eager()`):
 its shapes and modes would each cost another compile for a few forward passes.
 """
