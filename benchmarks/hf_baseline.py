@@ -9,6 +9,8 @@ step including fetching the batch; the benchmark drops the first step and takes 
 Tokens are random ids of the same shape (throughput does not depend on their values).
 On CUDA each step's end is taken after torch.cuda.synchronize(), and the output records
 torch.cuda.max_memory_allocated (GiB, like megadyt's perf/memory_gb); on CPU the peak RSS.
+`--compile` compiles each decoder layer with torch.compile, as megadyt's train.compile does
+(and torchtitan): the same fusions, a compile time of one layer rather than of the model.
 
     python benchmarks/hf_baseline.py --config configs/tiny/rmsnorm.yaml [--set k=v] --output x.json
     python -m torch.distributed.run --nproc_per_node=2 benchmarks/hf_baseline.py ...
@@ -45,7 +47,15 @@ def llama_config(m: ModelConfig):
     return hf_config.llama_config(m, use_cache=False, attn_implementation=ATTENTION)
 
 
-def train(cfg: Config, steps: int) -> dict:
+def compile_decoder_layers(model) -> int:
+    """torch.compile of each decoder layer's forward, in place; the number of layers."""
+    layers = model.model.layers
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, dynamic=False)
+    return len(layers)
+
+
+def train(cfg: Config, steps: int, compiled: bool = False) -> dict:
     """Train `steps` optimizer steps; returns per-step seconds and facts for the report."""
     from transformers import LlamaForCausalLM
 
@@ -62,6 +72,8 @@ def train(cfg: Config, steps: int) -> dict:
     torch.manual_seed(t.seed)
     model = LlamaForCausalLM(llama_config(m)).to(dev)
     n_params = sum(p.numel() for p in model.parameters())
+    if compiled:
+        compile_decoder_layers(model)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(
@@ -119,6 +131,7 @@ def train(cfg: Config, steps: int) -> dict:
         "params_megadyt_rmsnorm": count_parameters(m).total,
         "attention": ATTENTION,
         "dtype": "bf16 autocast" if bf16 else "fp32",
+        "compiled": compiled,
         "gradient_accumulation": gas,
         "max_memory_gib": memory_gb(),  # as megadyt logs perf/memory_gb
     }
@@ -130,9 +143,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each layer")
     args = parser.parse_args()
     cfg = load_config(args.config, [*args.overrides, "model.norm=rmsnorm"])
-    result = train(cfg, args.steps)
+    result = train(cfg, args.steps, args.compile)
     if result["rank"] == 0:
         import transformers
 

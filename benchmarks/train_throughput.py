@@ -17,7 +17,14 @@ torch.cuda.max_memory_allocated on CUDA, peak RSS on CPU; in GiB) for
 benchmarks/plan_memory.py. Each run's directory (with its last-step checkpoint) is deleted once
 read, so a 1B run's ~18 GB checkpoint does not pile up on disk.
 
+`--compile on` runs megadyt with train.compile=on (each transformer layer compiled; the first,
+dropped step compiles them; rows "dyt+compile"), `--compile both` adds those rows to the eager
+ones, and `--hf-compile` adds HF with compiled decoder layers ("hf-llama+compile"). Every row is
+compared with HF eager and with RMSNorm compiled the same way, all measured in the same run.
+
     python benchmarks/train_throughput.py [--steps 6] [--nproc 1 2] [--output bench-train.json]
+    python benchmarks/train_throughput.py --sizes tiny 100m --nproc 1 2 --norms rmsnorm dyt \
+        --compile both --repeats 2
     python benchmarks/train_throughput.py --sizes 100m 1b --norms rmsnorm dyt  # one GPU
 
 Needs transformers: pip install -e '.[bench]'
@@ -144,21 +151,33 @@ def as_sets(overrides: list[str]) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 
 
-def megadyt_config(size: str, norm: str, steps: int, nproc: int, run_dir: Path):
+def megadyt_config(
+    size: str, norm: str, steps: int, nproc: int, run_dir: Path, compiled: bool = False
+):
     """(config path, overrides) of one megadyt run; plan_memory.py rebuilds it from these."""
     overrides = [*common_overrides(size, steps, nproc, run_dir), f"model.norm={norm}"]
+    overrides.append(f"train.compile={'on' if compiled else 'off'}")
     return f"configs/tiny/{norm}.yaml", overrides
 
 
-def run_megadyt(size: str, norm: str, steps: int, nproc: int, run_dir: Path) -> dict:
-    """One `megadyt train` run; per-step figures from metrics.jsonl, warm-up step dropped."""
-    config, overrides = megadyt_config(size, norm, steps, nproc, run_dir)
+def variant(name: str, compiled: bool) -> str:
+    """A row's name: the norm (or hf-llama), "+compile" when its layers are compiled."""
+    return f"{name}+compile" if compiled else name
+
+
+def run_megadyt(
+    size: str, norm: str, steps: int, nproc: int, run_dir: Path, compiled: bool = False
+) -> dict:
+    """One `megadyt train` run; per-step figures from metrics.jsonl, warm-up step (and with it
+    the compiling) dropped; the compile time from the run's "compiled" event."""
+    config, overrides = megadyt_config(size, norm, steps, nproc, run_dir, compiled)
     sets = as_sets(overrides)
     start = time.monotonic()
     run_quiet([*launcher(nproc), "-m", "megadyt", "train", "--config", config, *sets], nproc)
     wall_s = time.monotonic() - start
     records = [json.loads(x) for x in RunDir(run_dir).metrics.read_text().splitlines()]
     shutil.rmtree(run_dir, ignore_errors=True)  # the last step's checkpoint: ~18 GB at 1b
+    compile_s = [r["compile/seconds"] for r in records if r.get("event") == "compiled"]
     records = [r for r in records if "tokens_per_s" in r]
     memory = [r["perf/memory_gb"] for r in records if "perf/memory_gb" in r]
     records = records[1:]
@@ -168,6 +187,7 @@ def run_megadyt(size: str, norm: str, steps: int, nproc: int, run_dir: Path) -> 
         "mfu": [r["perf/mfu"] for r in records],
         "max_memory_gib": max(memory) if memory else None,  # the peak over the whole run
         "wall_s": wall_s,  # the whole process: start-up, steps, last save
+        "compile_s": compile_s[0] if compile_s else None,
         "info": {
             "config": config,
             "overrides": [o for o in overrides if not o.startswith("run.dir=")],
@@ -175,11 +195,12 @@ def run_megadyt(size: str, norm: str, steps: int, nproc: int, run_dir: Path) -> 
     }
 
 
-def run_hf(size: str, steps: int, nproc: int, run_dir: Path) -> dict:
+def run_hf(size: str, steps: int, nproc: int, run_dir: Path, compiled: bool = False) -> dict:
     """One HF baseline run of the same shape and batch; same per-step figures."""
     out = run_dir.with_suffix(".json")
     sets = as_sets(common_overrides(size, steps, nproc, run_dir))
     cmd = [*launcher(nproc), str(HF_SCRIPT), "--config", "configs/tiny/rmsnorm.yaml", *sets]
+    cmd += ["--compile"] if compiled else []
     start = time.monotonic()
     run_quiet([*cmd, "--steps", str(steps), "--output", str(out)], nproc)
     wall_s = time.monotonic() - start
@@ -192,19 +213,24 @@ def run_hf(size: str, steps: int, nproc: int, run_dir: Path) -> dict:
         "mfu": [x / info["peak_tflops"] for x in tflops],
         "max_memory_gib": info.get("max_memory_gib"),
         "wall_s": wall_s,
+        "compile_s": None,
         "info": {k: info[k] for k in ("transformers", "threads", "params", "dtype", "attention")},
     }
 
 
 def summarise(key: tuple[str, str, int], runs: list[dict]) -> dict:
-    """Pool the per-step figures of all repeats of one (size, norm, nproc); medians."""
-    size, norm, nproc = key
+    """Pool the per-step figures of all repeats of one (size, variant, nproc); medians."""
+    size, name, nproc = key
     pooled = {
         k: [x for r in runs for x in r[k]] for k in ("tokens_per_s", "tflops_per_device", "mfu")
     }
+    compile_s = [r["compile_s"] for r in runs if r.get("compile_s") is not None]
     row = {
         "size": size,
-        "norm": norm,
+        "name": name,
+        "norm": name.removesuffix("+compile"),
+        "compiled": name.endswith("+compile"),
+        "compile_s": statistics.median(compile_s) if compile_s else None,
         "nproc": nproc,
         "threads_per_process": threads_per_process(nproc),
         "tokens_per_s": statistics.median(pooled["tokens_per_s"]),
@@ -263,17 +289,54 @@ def ratio(a: float, b: float | None) -> str:
 
 def print_table(rows: list[dict]) -> None:
     print(
-        "| size | norm | procs | tokens/s | vs rmsnorm | vs HF | TFLOP/s/device | MFU | peak GiB |"
+        "| size | variant | procs | tokens/s | vs rmsnorm | vs HF | TFLOP/s/device | MFU "
+        "| peak GiB |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mem = r.get("max_memory_gib")
         print(
-            f"| {r['size']} | {r['norm']} | {r['nproc']}×{r['threads_per_process']}t | "
+            f"| {r['size']} | {r['name']} | {r['nproc']}×{r['threads_per_process']}t | "
             f"{r['tokens_per_s']:,.0f} | {ratio(r['tokens_per_s'], r.get('rmsnorm_tps'))} | "
             f"{ratio(r['tokens_per_s'], r['hf_tps'])} | {r['tflops_per_device']:.3f} | "
             f"{r['mfu']:.1%} | {'-' if mem is None else f'{mem:.2f}'} |"
         )
+
+
+def measure(args, modes: list[bool], hf_modes: list[bool]) -> dict:
+    """Every run of every round: {(size, variant, nproc): [run per repeat]}."""
+    runs: dict[tuple[str, str, int], list[dict]] = {}
+    with tempfile.TemporaryDirectory(dir=scratch_dir()) as tmp:
+        for size in args.sizes:
+            for nproc in args.nproc:
+                for rep in range(args.repeats):
+                    # HF first, then the norms: each round sees the machine in a similar state
+                    tag = f"{size}-{nproc}p-{rep}"
+                    jobs = [(variant("hf-llama", c), None, c) for c in hf_modes]
+                    jobs += [(variant(n, c), n, c) for c in modes for n in args.norms]
+                    for name, norm, compiled in jobs:
+                        print(f"{tag}: {name}", file=sys.stderr, flush=True)
+                        run_dir = Path(tmp) / f"{tag}-{name}"
+                        if norm is None:
+                            run = run_hf(size, args.steps, nproc, run_dir, compiled)
+                        else:
+                            run = run_megadyt(size, norm, args.steps, nproc, run_dir, compiled)
+                        report_run(tag, name, run)
+                        runs.setdefault((size, name, nproc), []).append(run)
+    return runs
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row against HF eager and against RMSNorm compiled the same way, same size and
+    process count (measured in the same run)."""
+    by_key = {(r["size"], r["name"], r["nproc"]): r["tokens_per_s"] for r in rows}
+    for r in rows:
+        r["hf_tps"] = by_key[(r["size"], "hf-llama", r["nproc"])]
+        r["ratio_vs_hf"] = r["tokens_per_s"] / r["hf_tps"]
+        rmsnorm = (r["size"], variant("rmsnorm", r["compiled"]), r["nproc"])
+        if r["norm"] != "hf-llama" and rmsnorm in by_key:
+            r["rmsnorm_tps"] = by_key[rmsnorm]
+            r["ratio_vs_rmsnorm"] = r["tokens_per_s"] / r["rmsnorm_tps"]
 
 
 def main() -> None:
@@ -294,35 +357,25 @@ def main() -> None:
         choices=[0, 1, 2, 3],
         help="ZeRO stage of the runs with 2+ processes (0: replicated, as the baseline's DDP)",
     )
+    parser.add_argument(
+        "--compile",
+        choices=["off", "on", "both"],
+        default="off",
+        help="megadyt's train.compile: eager, compiled layers, or both side by side",
+    )
+    parser.add_argument(
+        "--hf-compile", action="store_true", help="also time HF with compiled decoder layers"
+    )
     args = parser.parse_args()
     EXTRA_OVERRIDES.extend(args.overrides)
     DP_ZERO_STAGE[0] = args.dp_zero_stage
     if importlib.util.find_spec("transformers") is None:
         raise SystemExit("transformers is missing for the HF baseline: pip install -e '.[bench]'")
-    runs: dict[tuple[str, str, int], list[dict]] = {}
-    with tempfile.TemporaryDirectory(dir=scratch_dir()) as tmp:
-        for size in args.sizes:
-            for nproc in args.nproc:
-                for rep in range(args.repeats):
-                    # HF first, then the norms: each round sees the machine in a similar state
-                    tag = f"{size}-{nproc}p-{rep}"
-                    print(f"{tag}: hf", file=sys.stderr, flush=True)
-                    hf = run_hf(size, args.steps, nproc, Path(tmp) / f"{tag}-hf")
-                    runs.setdefault((size, "hf-llama", nproc), []).append(hf)
-                    report_run(tag, "hf", hf)
-                    for norm in args.norms:
-                        print(f"{tag}: {norm}", file=sys.stderr, flush=True)
-                        md = run_megadyt(size, norm, args.steps, nproc, Path(tmp) / f"{tag}-{norm}")
-                        report_run(tag, norm, md)
-                        runs.setdefault((size, norm, nproc), []).append(md)
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    hf_modes = [False, True] if args.hf_compile else [False]
+    runs = measure(args, modes, hf_modes)
     rows = [summarise(key, value) for key, value in runs.items()]
-    by_key = {(r["size"], r["norm"], r["nproc"]): r["tokens_per_s"] for r in rows}
-    for r in rows:
-        r["hf_tps"] = by_key[(r["size"], "hf-llama", r["nproc"])]
-        r["ratio_vs_hf"] = r["tokens_per_s"] / r["hf_tps"]
-        if r["norm"] != "hf-llama" and (r["size"], "rmsnorm", r["nproc"]) in by_key:
-            r["rmsnorm_tps"] = by_key[(r["size"], "rmsnorm", r["nproc"])]
-            r["ratio_vs_rmsnorm"] = r["tokens_per_s"] / r["rmsnorm_tps"]
+    add_ratios(rows)
     hf_version = next(r["transformers"] for r in rows if r["norm"] == "hf-llama")
     machine = machine_info(hf_version)
     print(
@@ -336,6 +389,8 @@ def main() -> None:
         "repeats": args.repeats,
         "overrides": args.overrides,
         "dp_zero_stage": args.dp_zero_stage,
+        "compile": args.compile,
+        "hf_compile": args.hf_compile,
         "rows": rows,
     }
     Path(args.output).write_text(json.dumps(report, indent=2))

@@ -1,6 +1,8 @@
 """GPU check of training: `megadyt train` of configs/tiny/dyt.yaml in bf16 over NCCL on one GPU
-stops at step 4, resumes with the losses of an uninterrupted run, and its checkpoint evaluates
-with `megadyt eval` on CUDA. Skipped without CUDA; benchmarks/gpu_check.sh runs it.
+(its layers compiled: train.compile is on with CUDA) stops at step 4, resumes with the losses
+of an uninterrupted run, and its checkpoint evaluates with `megadyt eval` on CUDA; and a
+transformer layer traces to one graph on CUDA for every norm. Skipped without CUDA;
+benchmarks/gpu_check.sh runs it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, clean_env, metrics_records, train_command
+from helpers import ROOT, SMALL_MODEL, clean_env, metrics_records, small_config, train_command
 
 pytestmark = pytest.mark.gpu
 
@@ -140,6 +142,8 @@ def test_bf16_nccl_training_resumes_exactly_and_evaluates(tmp_path):
     assert matrices and all(d == torch.bfloat16 for d in matrices.values()), matrices
     memory = [r["perf/memory_gb"] for r in _train_records(straight_dir)]
     assert len(memory) == 8 and all(0 < m < 80 for m in memory), memory
+    compiled = [r for r in metrics_records(straight_dir) if r.get("event") == "compiled"]
+    assert len(compiled) == 1 and compiled[0]["compile/graph_breaks"] == 0, compiled
 
     # --- evaluation on CUDA: a table, every offline task scored
     assert "| task | metric | score |" in eval_out and "**average**" in eval_out, eval_out
@@ -147,3 +151,20 @@ def test_bf16_nccl_training_resumes_exactly_and_evaluates(tmp_path):
     assert result["step"] == 8 and not result["errors"] and result["tasks"], result
     for name, task in result["tasks"].items():
         assert task["value"] == task["value"], f"{name}: NaN score"
+
+
+# ------------------------------------------------------------------- compiled layers on CUDA
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "dyt", "derf"])
+def test_a_layer_is_one_graph_on_cuda(tp1_distributed, norm):
+    """On CUDA the norms' auto impl is the Triton kernel: inside a compiled layer it must give
+    way to the formula, and nothing else in the layer may split the graph."""
+    from megadyt.model import build_model
+    from megadyt.parallel.distributed import seed_everything
+    from megadyt.training.compile import explain_layer
+
+    seed_everything(0)
+    cfg = small_config([f"model.norm={norm}", "model.num_layers=1"], SMALL_MODEL)
+    graphs, breaks = explain_layer(build_model(cfg).cuda())
+    assert breaks == [] and graphs == 1, breaks

@@ -20,6 +20,7 @@ PrecisionName = Literal["auto", "bf16", "fp32"]
 NormImplName = Literal["auto", "reference", "compiled", "triton"]
 AttentionImplName = Literal["sdpa", "local"]
 SpikeActionName = Literal["off", "log", "skip", "rollback"]
+CompileName = Literal["auto", "on", "off"]
 
 
 @dataclass
@@ -114,6 +115,11 @@ class TrainConfig:
     # (γ, β, α, s) and the embedding scalar. True = the paper.
     decay_norm_params: bool = True
     precision: PrecisionName = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # torch.compile of every transformer layer (megadyt.training.compile): Inductor fuses the
+    # norm, residual adds, SwiGLU and RoPE around the matmuls. "auto": on with CUDA, off on CPU
+    # (opt-in there until measured faster). Compiling takes tens of seconds in the first step;
+    # the log reports it. Not part of the model's identity: a run may resume either way.
+    compile: CompileName = "auto"
     log_interval: int = 1
     eval_interval: int = 50
     eval_iters: int = 4

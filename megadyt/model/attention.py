@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
+from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 
@@ -62,3 +64,35 @@ class SdpaDotProductAttention(DotProductAttention):
         )
         # [b, n, s, d] -> [s, b, n·d]
         return context.permute(2, 0, 1, 3).reshape(seq, batch, self.hidden_size_per_partition)
+
+
+class CheckpointedSelfAttention(SelfAttention):
+    """megatron's self-attention; its selective recompute traceable by torch.compile."""
+
+    def _checkpointed_attention_forward(
+        self,
+        query,
+        key,
+        value,
+        attention_mask,
+        rotary_pos_emb=None,
+        attn_mask_type=None,
+        attention_bias=None,
+        packed_seq_params=None,
+    ):
+        if not torch.compiler.is_compiling():
+            return super()._checkpointed_attention_forward(
+                query, key, value, attention_mask, rotary_pos_emb, attn_mask_type,
+                attention_bias, packed_seq_params,
+            )  # fmt: skip
+        return torch.utils.checkpoint.checkpoint(
+            self.core_attention,
+            query,
+            key,
+            value,
+            attention_mask,
+            attn_mask_type=attn_mask_type if attn_mask_type is not None else self.attn_mask_type,
+            attention_bias=attention_bias,
+            packed_seq_params=packed_seq_params,
+            use_reentrant=False,
+        )

@@ -22,7 +22,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megadyt.config.schema import Config, ModelConfig
 from megadyt.model import rope
-from megadyt.model.attention import SdpaDotProductAttention
+from megadyt.model.attention import CheckpointedSelfAttention, SdpaDotProductAttention
+from megadyt.model.linear import CompilableColumnParallelLinear, CompilableRowParallelLinear
 from megadyt.model.loss import LossOutputLayer, fused_loss_applies
 from megadyt.norms import tp_summed
 from megadyt.norms.registry import entry_of, has_embedding_scale, norm_classes, norm_entry
@@ -82,12 +83,18 @@ def norm_spec(model: ModelConfig, role: str) -> ModuleSpec:
 
 def block_spec(model: ModelConfig) -> TransformerBlockSubmodules:
     """megatron-core's local GPT layer spec with our norm in every slot, final norm included,
-    and the core attention `model.attention_impl` names."""
+    and the core attention `model.attention_impl` names. The self-attention and row-parallel
+    linear classes are megatron-core's with the changes a compiled layer needs
+    (megadyt.model.attention, megadyt.model.linear); eager, they compute the same."""
     layer = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
     layer.submodules.input_layernorm = norm_spec(model, "attention")
     layer.submodules.pre_mlp_layernorm = norm_spec(model, "ffn")
     if model.attention_impl == "sdpa":
         layer.submodules.self_attention.submodules.core_attention = SdpaDotProductAttention
+    layer.submodules.self_attention.module = CheckpointedSelfAttention
+    attention, mlp = layer.submodules.self_attention.submodules, layer.submodules.mlp.submodules
+    attention.linear_qkv = mlp.linear_fc1 = CompilableColumnParallelLinear
+    attention.linear_proj = mlp.linear_fc2 = CompilableRowParallelLinear
     return TransformerBlockSubmodules(
         layer_specs=[layer] * model.num_layers, layer_norm=norm_spec(model, "final")
     )

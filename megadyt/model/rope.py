@@ -83,6 +83,8 @@ def rotary(t: torch.Tensor, freqs: torch.Tensor, interleaved: bool = False, **kw
     """megatron-core's `fused_apply_rotary_pos_emb` contract: t [s, b, h, d], freqs [s, 1, 1, d]
     (fp32), rotate-half layout; returns the rotated t in t's dtype."""
     whole = freqs.shape[-1] == t.shape[-1] and t.shape[-1] % 2 == 0
+    if torch.compiler.is_compiling():  # Inductor fuses the plain formula itself
+        whole = False
     tables = None if interleaved or kwargs or not whole else _cos_sin(freqs, t.dtype)
     if tables is None:
         return rope_utils._apply_rotary_pos_emb_bshd(t, freqs, rotary_interleaved=interleaved)

@@ -3,7 +3,7 @@
 Why a dispatcher: the fastest correct path depends on the tensor (device, dtype, size) and on
 what is installed. "auto" picks Triton for CUDA tensors when triton imports, torch.compile'd
 kernels for large CPU tensors when compiling works, and the plain reference formula otherwise
-(also inside an outer torch.compile trace, where inductor fuses the formula itself). The fused
+(always inside an outer torch.compile trace, where inductor fuses the formula itself). The fused
 paths share one autograd.Function: it saves only x (f(αx+s) is recomputed in backward), is
 deterministic, so megatron's activation recompute reproduces the forward exactly.
 """
@@ -79,8 +79,12 @@ def resolve_impl(
     bias: torch.Tensor | None,
 ) -> str:
     """The implementation that will run: "reference", "compiled" or "triton". On CUDA, "auto"
-    takes the hand-written Triton kernels where `function` has them, else the compiled path."""
+    takes the hand-written Triton kernels where `function` has them, else the compiled path.
+    Inside an outer torch.compile trace (compiled transformer layers) every impl is the
+    formula: Inductor fuses it with its neighbours, which no separate kernel can."""
     validate_impl(impl)
+    if torch.compiler.is_compiling():
+        return "reference"
     if impl == "reference" or (
         impl == "auto" and x.device.type == "cpu" and x.numel() < CPU_AUTO_MIN_NUMEL
     ):
@@ -105,8 +109,6 @@ def resolve_impl(
     if not _fusable(x, alpha, shift, weight, bias):
         return "reference"
     if impl == "auto":
-        if torch.compiler.is_compiling():
-            return "reference"
         if x.device.type == "cuda":
             backend = triton_backend()  # inductor needs triton on CUDA too
             if backend is None:

@@ -25,6 +25,7 @@ layernorm all-reduce on these models: it would sum them a second time.
 from __future__ import annotations
 
 import torch
+from megatron.core import parallel_state
 from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -58,10 +59,13 @@ def mark_sequence_parallel(module: torch.nn.Module, enabled: bool) -> None:
 
 
 def tp_summed(param: torch.Tensor | None, sequence_parallel: bool) -> torch.Tensor | None:
-    """`param` in forward; under SP its gradient is all-reduced over the TP group in backward."""
+    """`param` in forward; under SP its gradient is all-reduced over the TP group in backward.
+    The group is named: megatron-core's lookup of a missing one warns, which splits a compiled
+    transformer layer's graph."""
     if param is None or not sequence_parallel:
         return param
-    return copy_to_tensor_model_parallel_region(param)
+    group = parallel_state.get_tensor_model_parallel_group()
+    return copy_to_tensor_model_parallel_region(param, group=group)
 
 
 class MonitoredNorm(torch.nn.Module):

@@ -58,7 +58,7 @@ def install() -> None:
     global _installed
     if _installed or not cuda_absent():
         return
-    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
+    torch.cuda.current_device = _cpu_device  # type: ignore[assignment]
     tp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     tp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
     # model_parallel_cuda_manual_seed calls torch.cuda.manual_seed, a no-op without CUDA; its
@@ -70,6 +70,20 @@ def install() -> None:
     tp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
     tp_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
     _installed = True
+
+
+def _cpu_device() -> str:
+    """What `torch.cuda.current_device()` answers without CUDA."""
+    return "cpu"
+
+
+@torch.compiler.substitute_in_graph(_cpu_device)
+def _cpu_device_in_graph() -> str:
+    """`_cpu_device` for torch.compile. It lists the functions under torch's names as graph
+    ops (rebuilding that list at every init_process_group, after this shim is in place), and a
+    graph op may not return a string: every sequence-parallel scatter inside a compiled layer
+    split the graph. A substitute is traced as Python instead: the constant "cpu"."""
+    return "cpu"
 
 
 def _keep_cpu_tracker(*args, force_reset: bool = False, **kwargs) -> None:

@@ -35,6 +35,7 @@ from megadyt.training.calibrate import calibrate_model, log_calibration, wants_c
 from megadyt.training.checkpoint import store
 from megadyt.training.checkpoint.checkpointer import AfterPublish, Checkpointer
 from megadyt.training.checkpoint.initial import initial_checkpoint, load_initial_weights
+from megadyt.training.compile import compile_layers, eager
 from megadyt.training.data import build_train_valid
 from megadyt.training.engine import build_engine
 from megadyt.training.evaluator import Evaluator, ZeroShotScorer
@@ -97,6 +98,7 @@ class Trainer:
             load_initial_weights(model, self.initial, cfg.to_dict()["model"])
         elif wants_calibration(cfg) and not store.has_checkpoint(self.run_dir):
             self.calibration = calibrate_model(cfg, model, train_data)
+        self.compilation = compile_layers(cfg, model)  # compiles lazily, in the first step
         self.engine = build_engine(cfg, model, self.norm_names)
         self.guard = StepGuard(t, self.run_dir.checkpoints)
         self.steps = StepRunner(cfg, self.engine, train_data, self.guard)
@@ -154,9 +156,14 @@ class Trainer:
                     "before training; nothing new to save"
                 )
             self.metrics.start_window()  # throughput counts from here, not from start-up
+            if self.compilation is not None:
+                self.compilation.mark()
             while step < self.stop_at and not stopping:
                 outcome = self.train_step(step)
                 self.metrics.step_done()
+                report = self.compilation and self.compilation.first_report()
+                if report:
+                    writer.event(step + 1, "compiled", report.scalars(), report.line())
                 self.guard.report_spikes(step, outcome.spikes, writer)
                 if self.guard.wants_rollback(outcome.spikes):
                     with self.metrics.paused():
@@ -172,7 +179,10 @@ class Trainer:
                 if self.saturation is not None and self.cadence.diagnoses(step):
                     self.saturation.diagnose(step, self.last_norm_stats, writer)
                 with self.metrics.paused():  # evaluation and saving are not throughput
-                    self.evaluator.run_due(step, self.engine, writer, self.metrics.tokens_at(step))
+                    with eager() if self.compilation is not None else contextlib.nullcontext():
+                        self.evaluator.run_due(
+                            step, self.engine, writer, self.metrics.tokens_at(step)
+                        )
                     stopping = self.stop.agreed()  # a collective: every rank, every step
                     saved = False
                     if self.cadence.saves(step) or stopping:
