@@ -34,7 +34,7 @@ def _engine(zero: int):
     import torch
 
     from megadyt.config import load_config
-    from megadyt.model import build_model, norm_parameter_names
+    from megadyt.model import build_model
     from megadyt.parallel.distributed import device, init_distributed, launcher_variables
     from megadyt.training.engine import build_engine
     from megadyt.training.step import loss_of
@@ -44,7 +44,7 @@ def _engine(zero: int):
     model = build_model(cfg).to(device())
     params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
     with launcher_variables():
-        engine = build_engine(cfg, model, set(norm_parameter_names(model)))
+        engine = build_engine(cfg, model)
         tokens = torch.randint(
             0, cfg.model.vocab_size, (cfg.train.micro_batch_size, cfg.model.seq_length + 1)
         ).to(device())

@@ -8,6 +8,7 @@ from megadyt.model.llama import (
     norm_display_name,
     norm_modules,
     norm_parameter_names,
+    norm_scalar_parameter_names,
     norm_scalars,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "norm_display_name",
     "norm_modules",
     "norm_parameter_names",
+    "norm_scalar_parameter_names",
     "norm_scalars",
 ]

@@ -206,6 +206,17 @@ def norm_parameter_names(model: torch.nn.Module) -> list[str]:
     return names
 
 
+def norm_scalar_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Names of the norms' scalar parameters (α, s: each registry entry's `scalars`)."""
+    norm_types = norm_classes()
+    return [
+        f"{name}.{scalar}"
+        for name, module in model.named_modules()
+        if isinstance(module, norm_types)
+        for scalar in entry_of(module).scalars
+    ]
+
+
 def _scalar(param: torch.Tensor) -> float:
     return float(param.detach().float().reshape(-1)[0])
 

@@ -75,10 +75,10 @@ def deepspeed_config(cfg: Config) -> dict:
     return config
 
 
-def build_engine(cfg: Config, model: torch.nn.Module, norm_names: set[str]):
+def build_engine(cfg: Config, model: torch.nn.Module):
     """deepspeed.initialize with the recipe's AdamW; returns the engine."""
     t = cfg.train
-    groups = parameter_groups(model, norm_names, t.decay_norm_params, t.weight_decay)
+    groups = parameter_groups(model, t)
     optimizer = None
     if not uses_deepspeed_cpu_adam(cfg):
         optimizer = torch.optim.AdamW(

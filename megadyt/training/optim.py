@@ -12,6 +12,7 @@ import math
 import torch
 
 from megadyt.config.schema import TrainConfig
+from megadyt.model import norm_parameter_names, norm_scalar_parameter_names
 
 
 def warmup_steps(train: TrainConfig) -> int:
@@ -31,17 +32,25 @@ def lr_at(step: int, train: TrainConfig) -> float:
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
-def parameter_groups(
-    model: torch.nn.Module, norm_names: set[str], decay_norm_params: bool, weight_decay: float
-) -> list[dict]:
-    """AdamW groups. Norm parameters (γ, β, α, s) and the embedding scalar are decayed only when
-    `decay_norm_params` (the paper's code decays everything)."""
+def undecayed_parameter_names(model: torch.nn.Module, train: TrainConfig) -> set[str]:
+    """What AdamW does not decay: every norm parameter and the embedding scalar unless
+    `decay_norm_params`; the squashing norms' α and s unless `decay_norm_scalars`."""
+    names: set[str] = set()
+    if not train.decay_norm_params:
+        names.update(norm_parameter_names(model))
+    if not train.decay_norm_scalars:
+        names.update(norm_scalar_parameter_names(model))
+    return names
+
+
+def parameter_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict]:
+    """AdamW groups: `train.weight_decay` for everything but `undecayed_parameter_names`."""
+    undecayed = undecayed_parameter_names(model, train)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if name in norm_names and not decay_norm_params else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
+        if param.requires_grad:
+            (no_decay if name in undecayed else decay).append(param)
+    groups = [{"params": decay, "weight_decay": train.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups

@@ -99,7 +99,7 @@ class Trainer:
         elif wants_calibration(cfg) and not store.has_checkpoint(self.run_dir):
             self.calibration = calibrate_model(cfg, model, train_data)
         self.compilation = compile_layers(cfg, model)  # compiles lazily, in the first step
-        self.engine = build_engine(cfg, model, self.norm_names)
+        self.engine = build_engine(cfg, model)
         self.guard = StepGuard(t, self.run_dir.checkpoints)
         self.steps = StepRunner(cfg, self.engine, train_data, self.guard)
         self.checkpointer = Checkpointer(cfg, self.engine, self.run_dir, after_publish)

@@ -50,6 +50,7 @@ SCHEDULE_KEYS = {
         "adam_eps",
         "grad_clip",
         "decay_norm_params",
+        "decay_norm_scalars",
         "seed",
     ),
     "data": ("prefixes", "weights", "split", "tokenizer"),
