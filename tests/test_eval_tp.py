@@ -80,6 +80,6 @@ def test_tp2_eval_equals_tp1_eval_per_document(tmp_path):
     refused = run_cli("eval", "--checkpoint", run_dir, "--tp", "2", timeout=120)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert refused.stderr.strip().splitlines() == [
-        "megadyt: error: --tp 2 needs exactly 2 processes, this has 1: run torchrun "
-        "--nproc_per_node=2 -m megadyt eval --tp 2 ..."
+        "megadyt: error: --tp 2 needs exactly 2 processes, this has 1: run python -m "
+        "megadyt.parallel.torchrun --nproc_per_node=2 -m megadyt eval --tp 2 ..."
     ]

@@ -30,14 +30,14 @@ def _resume(rank: int, world_size: int, tmp: str, zero: int) -> dict:
     common = [f"parallel.zero_stage={zero}"]
     straight = train_small([*common, f"run.dir={tmp}/straight"]).losses
     first = train_small([*common, f"run.dir={tmp}/split", "train.stop_at_step=5"])
-    second = train_small([*common, f"run.dir={tmp}/split"])
-    train_small([*common, f"run.dir={tmp}/to_dp1", "train.stop_at_step=5"])
-    from_dp1 = train_small([*common, f"run.dir={tmp}/from_dp1"])
     try:  # the same 2 ranks as TP=2 × DP=1: a change of TP is refused before anything loads
-        train_small([*common, f"run.dir={tmp}/straight", "parallel.tp=2"])
+        train_small([*common, f"run.dir={tmp}/split", "parallel.tp=2"])
         tp_change = None
     except MegadytError as exc:
         tp_change = str(exc)
+    second = train_small([*common, f"run.dir={tmp}/split"])  # the refusal changed nothing
+    train_small([*common, f"run.dir={tmp}/to_dp1", "train.stop_at_step=5"])
+    from_dp1 = train_small([*common, f"run.dir={tmp}/from_dp1"])
     return {
         "tp_change": tp_change,
         "straight": straight,
