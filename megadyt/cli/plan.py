@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
@@ -59,9 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--print",
         dest="print_field",
-        choices=("run_dir", "run_name", "remaining_steps"),
-        help="print one value (absolute run.dir, the run name, or the steps left after the "
-        "run's latest checkpoint) and exit",
+        choices=("run_dir", "run_name", "remaining_steps", "tp", "final_eval"),
+        help="print one value and exit: the absolute run.dir, the run name, the steps left after "
+        "the run's latest checkpoint, parallel.tp, or the final table's file when the run is "
+        "complete and the table is missing (else an empty line)",
     )
 
 
@@ -161,17 +161,25 @@ def _report(plan, cfg) -> str:
     return "\n".join(lines)
 
 
+def _printed_value(cfg, field: str) -> str:
+    """One value for the launch scripts, answered before torch is imported (a login node)."""
+    run_dir, t = RunDir(cfg.run.dir), cfg.train
+    if field == "run_dir":
+        return str(run_dir.root.resolve())
+    if field == "run_name":
+        return cfg.run.name or run_dir.root.name
+    if field == "remaining_steps":
+        return str(run_dir.remaining_steps(t.steps))
+    if field == "tp":
+        return str(cfg.parallel.tp)
+    missing = run_dir.missing_final_table(t.steps, t.final_zero_shot_tasks)
+    return str(missing.resolve()) if missing else ""
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    # `--print` serves the launch scripts on a login node: answer before torch is imported.
-    if args.print_field == "run_dir":
-        print(Path(cfg.run.dir).resolve())
-        return 0
-    if args.print_field == "run_name":
-        print(cfg.run.name or Path(cfg.run.dir).name)
-        return 0
-    if args.print_field == "remaining_steps":
-        print(max(0, cfg.train.steps - RunDir(cfg.run.dir).latest_step()))
+    if args.print_field is not None:
+        print(_printed_value(cfg, args.print_field))
         return 0
     from megadyt.planning.plan import (
         DoesNotFit,

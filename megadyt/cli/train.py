@@ -34,18 +34,38 @@ def _train(args: argparse.Namespace, stop: StopRequest):
     overrides = [*args.overrides, *(["train.resume_fallback=true"] if args.resume_fallback else [])]
     cfg = load_config(args.config, overrides)
 
+    zero_shot = None
+    if cfg.train.zero_shot_tasks or cfg.train.final_zero_shot_tasks:
+        _hub_or_cache(cfg.train.zero_shot_tasks + cfg.train.final_zero_shot_tasks)
+        from megadyt.evaluation.periodic import ZeroShot  # lm-eval: only for runs that use it
+
+        zero_shot = ZeroShot()
+
     from megadyt.parallel.distributed import destroy_distributed
     from megadyt.training.trainer import train
 
-    zero_shot = None
-    if cfg.train.zero_shot_tasks:  # lm-eval is imported only by runs that use it
-        from megadyt.evaluation.periodic import evaluate_model as zero_shot
     try:
         return cfg, train(
             cfg, zero_shot=zero_shot, allow_config_change=args.allow_config_change, stop=stop
         )
     finally:
         destroy_distributed()
+
+
+def _hub_or_cache(tasks: list[str]) -> None:
+    """Before `datasets` is imported: read hub tasks from the cache alone where the hub is
+    unreachable (rank 0 loads them; see `evaluation.task_data`)."""
+    from megadyt.evaluation.harness import expand_tasks
+    from megadyt.evaluation.offline import OFFLINE_TASKS
+    from megadyt.evaluation.task_data import cache_only_if_hub_unreachable
+
+    hub_tasks = set(expand_tasks(tasks)) - set(OFFLINE_TASKS)
+    if hub_tasks and launch_rank() == 0 and cache_only_if_hub_unreachable():
+        print(
+            "megadyt: the Hugging Face hub is unreachable from here: zero-shot datasets are "
+            "read from its cache only (HF_HUB_OFFLINE=1)",
+            flush=True,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
