@@ -119,6 +119,41 @@ def _eval_line(plan, cfg) -> str:
     return f"eval         {sizes} per device ({batch}); {verdict}"
 
 
+def _zero_shot_lines(plan, cfg) -> list[str]:
+    """What one periodic evaluation and the final table cost (model: planning/eval_cost.py)."""
+    t, lines = cfg.train, []
+    specs = {"periodic": t.zero_shot_tasks, "final": t.final_zero_shot_tasks}
+    for kind, cost in plan.zero_shot.items():
+        docs = "all docs" if cost.limit is None else f"{cost.limit} docs each"
+        when = f"every {t.zero_shot_interval:,} steps" if kind == "periodic" else "at the end"
+        share = ""
+        if kind == "periodic":
+            count = t.steps // t.zero_shot_interval + (t.steps % t.zero_shot_interval > 0)
+            extra = 100 * count * cost.seconds / 3600 / plan.train_time_h
+            share = f"; {count} of them: +{extra:.2f}% training time"
+        lines.append(
+            f"{kind:<9}{', '.join(specs[kind])} ({docs}, {when}): {cost.requests:,} requests, "
+            f"{cost.tokens / 1e6:.1f}M tokens, >= {_duration(cost.seconds)} on TP {plan.tp}{share}"
+            + (f" (no estimate for {', '.join(cost.unknown)})" if cost.unknown else "")
+        )
+    return [("zero-shot    " if i == 0 else "             ") + line for i, line in enumerate(lines)]
+
+
+def _zero_shot_costs(cfg, plan) -> dict:
+    from megadyt.evaluation.harness import expand_tasks
+    from megadyt.planning.eval_cost import zero_shot_cost
+
+    t, costs = cfg.train, {}
+    for kind, tasks, limit in (
+        ("periodic", t.zero_shot_tasks, t.zero_shot_limit),
+        ("final", t.final_zero_shot_tasks, t.final_zero_shot_limit),
+    ):
+        if tasks:
+            names = expand_tasks(tasks)
+            costs[kind] = zero_shot_cost(cfg, names, limit, plan.peak_tflops, plan.mfu)
+    return costs
+
+
 def _report(plan, cfg) -> str:
     m = plan.memory
     s = plan.settings
@@ -150,6 +185,7 @@ def _report(plan, cfg) -> str:
         f"{plan.train_time_h:,.1f} h for {plan.steps:,} steps",
         *_checkpoint_lines(plan),
         _eval_line(plan, cfg),
+        *_zero_shot_lines(plan, cfg),
         f"stop         {_duration(plan.stop_s)} for a graceful stop (finish the step, then save)"
         + (
             f"; grace {_duration(plan.stop_grace_s)}: "
@@ -201,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
         fs_bandwidth_gbs=args.fs_bandwidth_gbs,
     )
     plan = make_plan(cfg, **kwargs)
+    plan.zero_shot = _zero_shot_costs(cfg, plan)
     plan.stop_grace_s = args.stop_grace_s
     if not plan.fits:
         change = suggest(cfg, **kwargs)

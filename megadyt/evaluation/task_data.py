@@ -18,9 +18,12 @@ process, before `datasets` is imported: cached datasets load at once, missing on
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 from megadyt.errors import MegadytError
@@ -58,12 +61,24 @@ def cache_only_if_hub_unreachable() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _quiet_task_configs() -> Iterator[None]:
+    """lm-eval warns about every task config's defaults as it loads; here, loading is a check."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def task_problems(names: list[str], cache_dir: str) -> dict[str, str]:
     """{task: why it cannot load here} for task names (suites expanded)."""
     hub_tasks = [name for name in names if name not in OFFLINE_TASKS]
     if not hub_tasks:
         return {}
-    with using_cache_dir(cache_dir):
+    with using_cache_dir(cache_dir), _quiet_task_configs():
         _, problems = load_tasks(hub_tasks, task_manager())
     return problems
 
@@ -97,6 +112,6 @@ def prefetch(tasks: str, cache_dir: str) -> dict[str, str | None]:
     """Load every task once (downloading its dataset into the Hugging Face cache, or building the
     offline tasks' documents under `cache_dir`): {task: None when ready, else why not}."""
     names = expand_tasks(tasks)
-    with using_cache_dir(cache_dir):
+    with using_cache_dir(cache_dir), _quiet_task_configs():
         loaded, problems = load_tasks(names, task_manager())
     return {name: problems.get(name) if name not in loaded else None for name in names}
