@@ -4,6 +4,7 @@ real SLURM is tests/test_slurm_real.py); a real 2-process CPU run through launch
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import pytest
 from helpers import ROOT
 
 from megadyt.parallel.distributed import LaunchEnv
+from megadyt.training.run.layout import RunDir
 
 SCRIPTS = sorted(
     p for p in (ROOT / "launch").rglob("*") if p.suffix in (".sh", ".sbatch") and p.is_file()
@@ -197,20 +199,40 @@ def test_sbatch_usr1_during_start_up_requeues_without_launching(tmp_path):
     )
 
 
-def test_torchrun_sh_trains_two_cpu_processes(tmp_path):
+def test_torchrun_sh_trains_two_cpu_processes_and_ends_with_the_table(tmp_path):
+    """The trainers (DP=2: rank 0 scores, rank 1 listens) write the final table; rerunning the
+    command on the complete run only evaluates what is missing, with `megadyt eval --final`."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "NPROC": "2", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-    sets = ["train.steps=2", "model.num_layers=2", "train.eval_iters=1", f"run.dir={run_dir}"]
+    sets = ["train.steps=2", "model.num_layers=2", "train.eval_iters=1", f"run.dir={run_dir}",
+            "train.final_zero_shot_tasks=[stdlib_nextline]",
+            "train.final_zero_shot_limit=4"]  # fmt: skip
     overrides = sum((["--set", s] for s in sets), [])
-    proc = subprocess.run(
-        ["bash", "launch/torchrun.sh", "configs/tiny/dyt.yaml", *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def torchrun_sh() -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            ["bash", "launch/torchrun.sh", "configs/tiny/dyt.yaml", *overrides],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    proc = torchrun_sh()
     assert (run_dir / "checkpoints/latest").read_text().strip().endswith("2")
     (log,) = (run_dir / "logs").glob("torchrun-*.log")
     assert "step       2/2" in log.read_text()
-    assert "2 process(es)" in proc.stderr
+    assert "2 process(es)" in proc.stderr and "evaluating the final table" not in proc.stderr
+    table = run_dir / "eval/step_0000002-stdlib_nextline.json"
+    by_trainer = json.loads(table.read_text())
+    table.unlink()
+
+    proc = torchrun_sh()
+    assert "the run is complete: nothing to train" in proc.stderr
+    assert f"evaluating the final table at TP 1: {table}" in proc.stderr
+    by_eval = json.loads(table.read_text())
+    assert by_eval["tasks"] == by_trainer["tasks"] and by_eval["limit"] == 4
+    starts = [h for h in RunDir(run_dir).read_history() if h["event"] == "start"]
+    assert len(starts) == 1  # the second command trained nothing
 
 
 PRINT_AND_CHECK_TORCH = """
