@@ -1,4 +1,4 @@
-"""lm-eval model `megadyt`: scores megadyt checkpoints (or an in-memory TP=1 model).
+"""lm-eval model `megadyt`: scores megadyt checkpoints (or an in-memory model, at any TP).
 
 Importing this module registers the class with lm-eval's model registry, so afterwards
 `lm_eval.simple_evaluate(model="megadyt", model_args="checkpoint=RUN_DIR")` works. lm-eval has no
