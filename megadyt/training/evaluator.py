@@ -110,7 +110,13 @@ class Evaluator:
                 writer.log(step, {"valid/loss": valid, "train/tokens": tokens})
                 writer.message(f"step {step}: validation loss {valid:.4f}")
         if self.cadence.scores_zero_shot(step):
-            scores = self.zero_shot(engine.module, self.cfg, t.zero_shot_tasks, t.zero_shot_limit)
+            try:
+                scores = self.zero_shot(
+                    engine.module, self.cfg, t.zero_shot_tasks, t.zero_shot_limit
+                )
+            except MegadytError as exc:  # agreed by every rank; a score is not worth the run
+                writer.message(f"megadyt: warning: step {step}: {exc}; training goes on")
+                return
             writer.log(step, {**scores, "train/tokens": tokens})
             writer.message(
                 f"step {step}: zero-shot "
@@ -126,9 +132,15 @@ class Evaluator:
             return
         label = task_set_label(t.final_zero_shot_tasks)
         writer.message(f"step {step}: final zero-shot evaluation ({label})")
-        scores = self.zero_shot.table(
-            engine.module, self.cfg, t.final_zero_shot_tasks, t.final_zero_shot_limit, step, path
-        )
+        tasks, limit = t.final_zero_shot_tasks, t.final_zero_shot_limit
+        try:
+            scores = self.zero_shot.table(engine.module, self.cfg, tasks, limit, step, path)
+        except MegadytError as exc:  # rank 0's failure, agreed by every rank: training is done
+            writer.message(
+                f"megadyt: warning: step {step}, final table: {exc}; the run is complete, and "
+                "`megadyt eval --final` (run by the launch scripts) retries the table"
+            )
+            return
         final = {"final/" + k.split("/", 1)[1]: v for k, v in scores.items()}
         writer.log(step, {**final, "train/tokens": tokens})
         average = scores.get("eval/average")
