@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from megadyt.parallel.distributed import destroy_distributed, init_distributed
     from megadyt.parallel.launch_env import LaunchEnv
 
-    cache_only_if_hub_unreachable()
+    cache_only_if_hub_unreachable(args.tasks.split(","))
     tag_dir = resolve_checkpoint(args.checkpoint)
     step = checkpoint_step(tag_dir)
     names = expand_tasks(args.tasks)
@@ -227,7 +227,7 @@ def _prefetch(args: argparse.Namespace) -> int:
     from megadyt.evaluation.offline import cache_dir
     from megadyt.evaluation.task_data import cache_only_if_hub_unreachable, prefetch
 
-    if cache_only_if_hub_unreachable():
+    if cache_only_if_hub_unreachable(args.tasks.split(",")):
         print("megadyt: the Hugging Face hub is unreachable from here: checking its cache only")
     cache = load_config(args.config, args.overrides).data.cache_dir if args.config else cache_dir()
     ready = prefetch(args.tasks, cache)

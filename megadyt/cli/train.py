@@ -55,12 +55,9 @@ def _train(args: argparse.Namespace, stop: StopRequest):
 def _hub_or_cache(tasks: list[str]) -> None:
     """Before `datasets` is imported: read hub tasks from the cache alone where the hub is
     unreachable (rank 0 loads them; see `evaluation.task_data`)."""
-    from megadyt.evaluation.harness import expand_tasks
-    from megadyt.evaluation.offline import OFFLINE_TASKS
     from megadyt.evaluation.task_data import cache_only_if_hub_unreachable
 
-    hub_tasks = set(expand_tasks(tasks)) - set(OFFLINE_TASKS)
-    if hub_tasks and launch_rank() == 0 and cache_only_if_hub_unreachable():
+    if launch_rank() == 0 and cache_only_if_hub_unreachable(tasks):
         print(
             "megadyt: the Hugging Face hub is unreachable from here: zero-shot datasets are "
             "read from its cache only (HF_HUB_OFFLINE=1)",

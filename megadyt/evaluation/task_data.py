@@ -49,10 +49,12 @@ def hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
     return True
 
 
-def cache_only_if_hub_unreachable() -> bool:
-    """Set HF_HUB_OFFLINE=1 when the hub cannot be reached from here (and nothing chose a mode
-    yet, and `datasets` is not imported yet: it reads the variable once). Returns whether it
-    did."""
+def cache_only_if_hub_unreachable(tasks: list[str]) -> bool:
+    """Set HF_HUB_OFFLINE=1 when `tasks` (suites or names) need the hub and it cannot be reached
+    from here (and nothing chose a mode yet, and `datasets` is not imported yet: it reads the
+    variable once). Returns whether it did."""
+    if all(name in OFFLINE_TASKS for name in expand_tasks(tasks)):
+        return False
     if any(os.environ.get(v) for v in OFFLINE_VARIABLES) or "datasets" in sys.modules:
         return False
     if hub_reachable():
