@@ -187,6 +187,34 @@ def test_sbatch_passes_a_stop_to_srun_as_usr1(tmp_path, sig):
     assert "Terminated" not in err and "Traceback" not in err
 
 
+def test_sbatch_on_a_complete_run_only_evaluates_and_a_stop_ends_the_evaluation(tmp_path):
+    """A run trained to train.steps without its final table: no training step, `megadyt eval
+    --final` at the training TP on one node; a USR1 meanwhile ends that step (TERM to srun:
+    an evaluation has nothing to save) and requeues the job to evaluate again."""
+    RunDir(tmp_path / "run").checkpoints.mkdir(parents=True)
+    RunDir(tmp_path / "run").publish_latest("step_0000300")  # configs/tiny: train.steps 300
+    sets = ["--set", "train.final_zero_shot_tasks=[stdlib_nextline]", "--set", "parallel.tp=2"]
+    proc = subprocess.Popen(
+        ["bash", str(SBATCH), *_sbatch_args(tmp_path), *sets],
+        cwd=ROOT, env=_fake_slurm(tmp_path, {"FAKE_SRUN_WAIT": "1"}), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for_srun(tmp_path, proc)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    srun = (tmp_path / "log/srun.args").read_text().splitlines()
+    assert "--nodes=1" in srun and "--ntasks=1" in srun
+    evaluation = ["--standalone", "--nnodes=1", "--nproc_per_node=2",
+                  "-m", "megadyt", "eval", "--final", "--config"]  # fmt: skip
+    assert _torchrun_args(tmp_path)[:8] == evaluation
+    assert (tmp_path / "log/srun.signal").read_text().strip() == "TERM"
+    assert "requeue 4242" in (tmp_path / "log/scontrol.calls").read_text()
+    assert "the run is complete: nothing to train" in err
+    assert "SIGUSR1 received; the evaluation ends" in err
+    assert "the run is complete but its final table is not; requeued to evaluate it" in err
+
+
 def test_sbatch_usr1_during_start_up_requeues_without_launching(tmp_path):
     proc = _start_sbatch(tmp_path, {"FAKE_SRUN_WAIT": "1"})
     time.sleep(0.5)  # the traps are set; `megadyt plan` is still starting
