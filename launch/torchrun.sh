@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Train on one node with torchrun: all local GPUs, or NPROC CPU processes when there is no GPU.
 #   launch/torchrun.sh CONFIG [--set section.key=value ...]
-# Rerunning the same command resumes from CONFIG's run.dir (checkpoints/latest).
+# Rerunning the same command resumes from CONFIG's run.dir (checkpoints/latest). It ends with
+# the run's zero-shot table (train.final_zero_shot_tasks): the trainers write it after the last
+# step; when it is still missing then, `megadyt eval --final` runs it at the training TP. On a
+# complete run the command only evaluates what is missing.
 # Environment: NPROC (processes; default: GPU count, else 2), PYTHON (the env's python),
 # TORCHRUN (the torchrun command; default: torchrun through megadyt.parallel.torchrun, which
 # exits 2 without torchrun's traceback when megadyt has already printed a one-line error),
@@ -38,6 +41,18 @@ mkdir -p "$run_dir/logs"
 log="$run_dir/logs/torchrun-$(date +%Y%m%d-%H%M%S).log"
 echo "megadyt: $NPROC process(es), run dir $run_dir, log $log" >&2
 
-"${torchrun[@]}" --standalone --nnodes=1 --nproc_per_node="$NPROC" \
-    -m megadyt train --config "$config" "$@" 2>&1 | tee -i -a "$log"  # -i: Ctrl-C is the agent's
-exit "${PIPESTATUS[0]}"
+# (set -e and pipefail: a failed step ends the script with its exit status)
+if [[ "$("$python" -m megadyt plan --print remaining_steps --config "$config" "$@")" != 0 ]]; then
+    "${torchrun[@]}" --standalone --nnodes=1 --nproc_per_node="$NPROC" \
+        -m megadyt train --config "$config" "$@" 2>&1 | tee -i -a "$log"
+else
+    echo "megadyt: the run is complete: nothing to train" >&2
+fi
+
+table="$("$python" -m megadyt plan --print final_eval --config "$config" "$@")"
+if [[ -n "$table" ]]; then
+    tp="$("$python" -m megadyt plan --print tp --config "$config" "$@")"
+    echo "megadyt: evaluating the final table at TP $tp: $table" >&2
+    "${torchrun[@]}" --standalone --nnodes=1 --nproc_per_node="$tp" \
+        -m megadyt eval --final --config "$config" "$@" 2>&1 | tee -i -a "$log"
+fi

@@ -35,7 +35,18 @@ def _cells(stdout: str, name: str) -> list[str]:
 def test_compare_writes_png_and_a_table_matching_the_event_files(runs, tmp_path):
     base, other = runs
     (other / "eval").mkdir()
-    (other / "eval" / "step_0000006.json").write_text(json.dumps({"average": 0.3125}))
+
+    def results(tasks: dict) -> str:
+        entries = {t: {"metric": m, "value": v, "metrics": {m: v}} for t, (m, v) in tasks.items()}
+        accuracies = [v for m, v in tasks.values() if m == "acc"]
+        return json.dumps({"step": 6, "tasks": entries, "average": sum(accuracies) / 2})
+
+    # the newest step's file with the most tasks is the run's table (a smaller set beside it,
+    # an older step's paper15 before it)
+    paper15 = {"arc_easy": ("acc", 0.375), "piqa": ("acc", 0.25), "ppl": ("bits_per_byte", 1.5)}
+    (other / "eval" / "step_0000006-paper15.json").write_text(results(paper15))
+    (other / "eval" / "step_0000006-piqa.json").write_text(results({"piqa": ("acc", 0.9)}))
+    (other / "eval" / "step_0000002-paper15.json").write_text(results({"piqa": ("acc", 0.1)}))
     out = tmp_path / "cmp.png"
     proc = subprocess.run(
         [
@@ -71,6 +82,14 @@ def test_compare_writes_png_and_a_table_matching_the_event_files(runs, tmp_path)
     assert float(dyt[5]) == pytest.approx(final["dyt"][0] - final["rms"][0], abs=2e-4)
     assert float(dyt[6]) == pytest.approx(final["dyt"][1] - final["rms"][1], abs=2e-4)
     assert dyt[7] == "31.25" and _cells(proc.stdout, "rms")[7] == "–"
+    table = proc.stdout.split("\nzero-shot\n", 1)[1].split("\n\n")[0].splitlines()
+    assert table[0] == "| task | rms (none) | dyt (paper15, step 6) |"
+    assert table[2:] == [
+        "| arc_easy | – | 37.50 |",
+        "| piqa | – | 25.00 |",
+        "| ppl | – | 1.5000 |",
+        "| **average** (acc) | – | 31.25 |",
+    ]
     assert final["dyt"][2] == 1.5 * final["rms"][2]  # 6 vs 4 steps
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

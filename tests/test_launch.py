@@ -4,6 +4,7 @@ real SLURM is tests/test_slurm_real.py); a real 2-process CPU run through launch
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import pytest
 from helpers import ROOT
 
 from megadyt.parallel.distributed import LaunchEnv
+from megadyt.training.run.layout import RunDir
 
 SCRIPTS = sorted(
     p for p in (ROOT / "launch").rglob("*") if p.suffix in (".sh", ".sbatch") and p.is_file()
@@ -185,6 +187,34 @@ def test_sbatch_passes_a_stop_to_srun_as_usr1(tmp_path, sig):
     assert "Terminated" not in err and "Traceback" not in err
 
 
+def test_sbatch_on_a_complete_run_only_evaluates_and_a_stop_ends_the_evaluation(tmp_path):
+    """A run trained to train.steps without its final table: no training step, `megadyt eval
+    --final` at the training TP on one node; a USR1 meanwhile ends that step (TERM to srun:
+    an evaluation has nothing to save) and requeues the job to evaluate again."""
+    RunDir(tmp_path / "run").checkpoints.mkdir(parents=True)
+    RunDir(tmp_path / "run").publish_latest("step_0000300")  # configs/tiny: train.steps 300
+    sets = ["--set", "train.final_zero_shot_tasks=[stdlib_nextline]", "--set", "parallel.tp=2"]
+    proc = subprocess.Popen(
+        ["bash", str(SBATCH), *_sbatch_args(tmp_path), *sets],
+        cwd=ROOT, env=_fake_slurm(tmp_path, {"FAKE_SRUN_WAIT": "1"}), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for_srun(tmp_path, proc)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    srun = (tmp_path / "log/srun.args").read_text().splitlines()
+    assert "--nodes=1" in srun and "--ntasks=1" in srun
+    evaluation = ["--standalone", "--nnodes=1", "--nproc_per_node=2",
+                  "-m", "megadyt", "eval", "--final", "--config"]  # fmt: skip
+    assert _torchrun_args(tmp_path)[:8] == evaluation
+    assert (tmp_path / "log/srun.signal").read_text().strip() == "TERM"
+    assert "requeue 4242" in (tmp_path / "log/scontrol.calls").read_text()
+    assert "the run is complete: nothing to train" in err
+    assert "SIGUSR1 received; the evaluation ends" in err
+    assert "the run is complete but its final table is not; requeued to evaluate it" in err
+
+
 def test_sbatch_usr1_during_start_up_requeues_without_launching(tmp_path):
     proc = _start_sbatch(tmp_path, {"FAKE_SRUN_WAIT": "1"})
     time.sleep(0.5)  # the traps are set; `megadyt plan` is still starting
@@ -197,20 +227,40 @@ def test_sbatch_usr1_during_start_up_requeues_without_launching(tmp_path):
     )
 
 
-def test_torchrun_sh_trains_two_cpu_processes(tmp_path):
+def test_torchrun_sh_trains_two_cpu_processes_and_ends_with_the_table(tmp_path):
+    """The trainers (DP=2: rank 0 scores, rank 1 listens) write the final table; rerunning the
+    command on the complete run only evaluates what is missing, with `megadyt eval --final`."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "NPROC": "2", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-    sets = ["train.steps=2", "model.num_layers=2", "train.eval_iters=1", f"run.dir={run_dir}"]
+    sets = ["train.steps=2", "model.num_layers=2", "train.eval_iters=1", f"run.dir={run_dir}",
+            "train.final_zero_shot_tasks=[stdlib_nextline]",
+            "train.final_zero_shot_limit=4"]  # fmt: skip
     overrides = sum((["--set", s] for s in sets), [])
-    proc = subprocess.run(
-        ["bash", "launch/torchrun.sh", "configs/tiny/dyt.yaml", *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def torchrun_sh() -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            ["bash", "launch/torchrun.sh", "configs/tiny/dyt.yaml", *overrides],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    proc = torchrun_sh()
     assert (run_dir / "checkpoints/latest").read_text().strip().endswith("2")
     (log,) = (run_dir / "logs").glob("torchrun-*.log")
     assert "step       2/2" in log.read_text()
-    assert "2 process(es)" in proc.stderr
+    assert "2 process(es)" in proc.stderr and "evaluating the final table" not in proc.stderr
+    table = run_dir / "eval/step_0000002-stdlib_nextline.json"
+    by_trainer = json.loads(table.read_text())
+    table.unlink()
+
+    proc = torchrun_sh()
+    assert "the run is complete: nothing to train" in proc.stderr
+    assert f"evaluating the final table at TP 1: {table}" in proc.stderr
+    by_eval = json.loads(table.read_text())
+    assert by_eval["tasks"] == by_trainer["tasks"] and by_eval["limit"] == 4
+    starts = [h for h in RunDir(run_dir).read_history() if h["event"] == "start"]
+    assert len(starts) == 1  # the second command trained nothing
 
 
 PRINT_AND_CHECK_TORCH = """

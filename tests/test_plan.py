@@ -53,6 +53,28 @@ def test_plan_cli_prints_a_fitting_7b_plan(capsys):
 
 
 @pytest.mark.parametrize("size", SIZES)
+def test_presets_end_with_the_paper15_table_and_state_its_cost(size, capsys):
+    """Each LLaMA preset evaluates a cheap subset periodically and the paper's 15 tasks at the
+    end; its comment quotes `megadyt plan`'s cost of both (kept in step here)."""
+    path = ROOT / "configs" / size / "dyt.yaml"
+    t = load_config(str(path), []).train
+    assert t.final_zero_shot_tasks == ["paper15"] and t.final_zero_shot_limit is None
+    assert t.zero_shot_tasks and t.zero_shot_limit and t.zero_shot_interval < t.steps
+    assert main(["plan", "--config", str(path), "--nodes", str(SIZES[size]),
+                 "--gpus-per-node", "8", "--json"]) == 0  # fmt: skip
+    costs = json.loads(capsys.readouterr().out)["zero_shot"]
+    periodic, final = costs["periodic"], costs["final"]
+    assert len(final["tasks"]) == 15 and not final["unknown"] and not periodic["unknown"]
+    assert periodic["requests"] == 500 * (4 + 4 + 2)  # arc_easy, hellaswag: 4 choices; piqa 2
+    assert final["tokens"] > 50 * periodic["tokens"] and final["seconds"] > 60
+    comment = " ".join(line[1:].strip() for line in path.read_text().splitlines()
+                       if line.startswith("#"))  # fmt: skip
+    assert f"{periodic['requests']:,} requests ({periodic['tokens'] / 1e6:.1f}M tokens)" in comment
+    assert f"final table {final['requests']:,} requests ({final['tokens'] / 1e6:.1f}M" in comment
+    assert "megadyt eval --prefetch --tasks paper15" in comment
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_twins_differ_only_in_norm_and_run_dir(size):
     raw = {n: yaml.safe_load((ROOT / "configs" / size / f"{n}.yaml").read_text()) for n in NORMS}
     for norm, tree in raw.items():

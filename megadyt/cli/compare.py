@@ -2,8 +2,9 @@
 
 Reads each run's TensorBoard logs (RUN_DIR/tb), draws train and validation loss vs tokens and, on
 a second panel, the difference to the first run (the baseline); prints a markdown table of final
-losses, their gap to the baseline, and the zero-shot average from RUN_DIR/eval/step_*.json
-(written by `megadyt eval --run-dir RUN_DIR`) when one exists. `--metric TAG` plots other logged
+losses, their gap to the baseline and the zero-shot average, then the zero-shot table: every
+task's score in every run, from each run's RUN_DIR/eval/step_N-SET.json of its newest step (the
+run's final table, or `megadyt eval --run-dir RUN_DIR`). `--metric TAG` plots other logged
 series instead, one panel per tag (e.g. the saturation monitor's `norm/saturated/final`).
 """
 
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         matching_metrics,
         plot,
         plot_metrics,
+        zero_shot_table,
     )
 
     if args.smooth < 1:
@@ -61,5 +63,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         path = plot(runs, args.output, args.smooth)
     print(markdown_table(runs))
+    table = zero_shot_table(runs)
+    if table:
+        print(f"\nzero-shot\n{table}")
     print(f"\nfigure written to {path}")
     return 0

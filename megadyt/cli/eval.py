@@ -7,23 +7,37 @@ lm-eval and writes the results, the other ranks run the same forwards (`evaluati
 
 Suites: `paper15` (the paper's 15 tasks; needs the Hugging Face hub or its cache) and `offline`
 (tasks built from the held-out stdlib corpus, see evaluation/tasks). Prints a markdown table,
-writes JSON with --output, and with --run-dir also writes the run's eval/step_NNNNNNN.json (read by
-`megadyt compare`) and TensorBoard scalars eval/<task> and eval/average at the checkpoint's step.
+writes JSON with --output, and with --run-dir also writes the run's eval/step_NNNNNNN-SET.json
+(SET names the task set, e.g. paper15; read by `megadyt compare`) and TensorBoard scalars
+eval/<task> and eval/average at the checkpoint's step.
 Exit code 0 when every task ran, 1 when some could not load (each is named with its reason).
+
+`--final --config CONFIG [--set ...]` is the launch scripts' last step: the run's final table
+(train.final_zero_shot_tasks on its train.steps checkpoint, at parallel.tp processes) when the
+run is complete and the table is missing, exactly as the trainer writes it; else nothing.
+`--prefetch --tasks paper15` downloads the tasks' datasets into the Hugging Face cache, without
+a model, on a node that reaches the hub (compute nodes then read the cache).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from megadyt.atomic import atomic_write_text
+from megadyt.cli.main import add_config_arguments
+from megadyt.config import load_config
 from megadyt.errors import MegadytError
 from megadyt.output_paths import check_writable
-from megadyt.training.run.layout import RunDir, checkpoint_step, resolve_checkpoint
+from megadyt.parallel.launch_env import launch_rank
+from megadyt.training.run.layout import (
+    RunDir,
+    checkpoint_step,
+    resolve_checkpoint,
+    tag_for,
+    task_set_label,
+)
 
 HELP = "evaluate a checkpoint on lm-eval tasks (suites: paper15, offline)"
 
@@ -31,8 +45,8 @@ HELP = "evaluate a checkpoint on lm-eval tasks (suites: paper15, offline)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
-        required=True,
-        help="run dir, its checkpoints/ dir, or one checkpoints/step_NNNNNNN dir",
+        help="run dir, its checkpoints/ dir, or one checkpoints/step_NNNNNNN dir (required "
+        "unless --final or --prefetch)",
     )
     parser.add_argument(
         "--tasks",
@@ -61,8 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="tensor-parallel processes (run under python -m megadyt.parallel.torchrun "
-        "--nproc_per_node=N; the checkpoint must have been saved at TP=N); 1 merges the shards "
-        "on one device",
+        "--nproc_per_node=N; the checkpoint "
+        "must have been saved at TP=N); 1 merges the shards on one device",
     )
     parser.add_argument("--output", metavar="FILE.json", help="write the results here")
     parser.add_argument(
@@ -73,8 +87,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir",
         metavar="DIR",
-        help="also write DIR/eval/step_NNNNNNN.json and TensorBoard scalars under DIR/tb",
+        help="also write DIR/eval/step_NNNNNNN-SET.json and TensorBoard scalars under DIR/tb",
     )
+    parser.add_argument(
+        "--final",
+        action="store_true",
+        help="the run's final table from --config (train.final_zero_shot_tasks on the "
+        "train.steps checkpoint at parallel.tp), when the run is complete and it is missing",
+    )
+    parser.add_argument(
+        "--prefetch",
+        action="store_true",
+        help="only download the --tasks' datasets into the Hugging Face cache (no model)",
+    )
+    add_config_arguments(parser, required=False)
 
 
 def _check_arguments(args: argparse.Namespace) -> tuple[Path, list[str]]:
@@ -84,6 +110,8 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, list[str]]:
     from megadyt.evaluation.harness import check_task_names, expand_tasks
     from megadyt.parallel.launch_env import LaunchEnv
 
+    if not args.checkpoint:
+        raise MegadytError("--checkpoint is required (or --final --config CONFIG, or --prefetch)")
     if args.limit is not None and args.limit < 1:
         raise MegadytError(f"--limit {args.limit}: give a positive number of documents")
     if args.tp < 1:
@@ -106,10 +134,18 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.prefetch:
+        return _prefetch(args)
+    if args.final and not _final_arguments(args):
+        return 0
+    from megadyt.evaluation.task_data import cache_only_if_hub_unreachable
+
+    cache_only_if_hub_unreachable(args.tasks.split(","))
     tag_dir, names = _check_arguments(args)
     from megadyt.evaluation.harness import evaluate
     from megadyt.evaluation.lm import MegadytLM
     from megadyt.evaluation.offline import using_cache_dir
+    from megadyt.evaluation.results import results_payload
     from megadyt.parallel.distributed import destroy_distributed, init_distributed
 
     step = checkpoint_step(tag_dir)
@@ -141,17 +177,25 @@ def run(args: argparse.Namespace) -> int:
             lm.release()
     finally:
         destroy_distributed()
-    payload = {
-        "checkpoint": str(tag_dir),
-        "step": step,
-        "norm": lm.cfg.model.norm,
-        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
-        "tp": args.tp,
-        "limit": args.limit,
-        "num_fewshot": args.num_fewshot or 0,
-        "seconds": round(time.perf_counter() - start, 1),
-        **report.to_dict(),
-    }
+    payload = results_payload(
+        report,
+        checkpoint=tag_dir,
+        step=step,
+        norm=lm.cfg.model.norm,
+        dtype=str(next(lm.model.parameters()).dtype),
+        tp=args.tp,
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        seconds=time.perf_counter() - start,
+    )
+    return _publish(args, report, payload, step)
+
+
+def _publish(args: argparse.Namespace, report, payload: dict, step: int) -> int:
+    """Print the table and each failed task; write the JSON (--output, the run's eval/) and the
+    run's TensorBoard scalars. Exit status 1 when some task failed."""
+    from megadyt.evaluation.results import write_results
+
     print(report.table())
     for name, reason in report.errors.items():
         print(f"megadyt: task {name} failed: {reason}", file=sys.stderr)
@@ -163,20 +207,59 @@ def run(args: argparse.Namespace) -> int:
     targets = [Path(args.output)] if args.output else []
     if args.run_dir:
         run_dir = RunDir(args.run_dir)
-        targets.append(run_dir.eval_json(step))
-        _log_tensorboard(run_dir, step, report.scalars())
+        targets.append(run_dir.eval_json(step, task_set_label(args.tasks.split(","))))
+        prefix = "final/" if args.final else "eval/"  # the trainer's tags for its final table
+        _log_tensorboard(run_dir, step, report.scalars(), prefix)
     for target in targets:
-        atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
+        write_results(target, payload)
         print(f"results written to {target}")
     return 1 if report.errors else 0
 
 
-def _log_tensorboard(run_dir: RunDir, step: int, scalars: dict[str, float]) -> None:
+def _log_tensorboard(run_dir: RunDir, step: int, scalars: dict[str, float], prefix: str) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(run_dir.tensorboard))
     try:
         for key, value in scalars.items():
-            writer.add_scalar(key, value, step)
+            writer.add_scalar(prefix + key.split("/", 1)[1], value, step)
     finally:
         writer.close()
+
+
+def _final_arguments(args: argparse.Namespace) -> bool:
+    """Fill in what `--final` evaluates from the run's config; False when nothing is missing."""
+    if not args.config:
+        raise MegadytError("--final needs --config CONFIG (and the --set values of the run)")
+    cfg = load_config(args.config, args.overrides)
+    t, run_dir = cfg.train, RunDir(cfg.run.dir)
+    if not t.final_zero_shot_tasks:
+        raise MegadytError(f"{args.config} sets no train.final_zero_shot_tasks: nothing is final")
+    missing = run_dir.missing_final_table(t.steps, t.final_zero_shot_tasks)
+    if missing is None:
+        if launch_rank() == 0:
+            left = run_dir.remaining_steps(t.steps)
+            why = f"{left} steps are still to train" if left else "its final table exists"
+            print(f"megadyt: nothing to evaluate in {run_dir.root}: {why}")
+        return False
+    args.checkpoint = str(run_dir.tag_dir(tag_for(t.steps)))
+    args.tasks = ",".join(t.final_zero_shot_tasks)
+    args.limit, args.tp, args.run_dir = t.final_zero_shot_limit, cfg.parallel.tp, str(run_dir.root)
+    return True
+
+
+def _prefetch(args: argparse.Namespace) -> int:
+    """Load each task once, so that its dataset lands in the Hugging Face cache; exit 1 when
+    any cannot (each named with its reason)."""
+    from megadyt.evaluation.offline import cache_dir
+    from megadyt.evaluation.task_data import cache_only_if_hub_unreachable, prefetch
+
+    if cache_only_if_hub_unreachable(args.tasks.split(",")):
+        print("megadyt: the Hugging Face hub is unreachable from here: checking its cache only")
+    cache = load_config(args.config, args.overrides).data.cache_dir if args.config else cache_dir()
+    ready = prefetch(args.tasks, cache)
+    for name, problem in ready.items():
+        print(f"{name}: {'ready' if problem is None else problem}")
+    missing = [name for name, problem in ready.items() if problem]
+    print(f"{len(ready) - len(missing)} of {len(ready)} tasks ready")
+    return 1 if missing else 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from megadyt.cli.main import add_config_arguments
 from megadyt.config import load_config
@@ -59,9 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--print",
         dest="print_field",
-        choices=("run_dir", "run_name", "remaining_steps"),
-        help="print one value (absolute run.dir, the run name, or the steps left after the "
-        "run's latest checkpoint) and exit",
+        choices=("run_dir", "run_name", "remaining_steps", "tp", "final_eval"),
+        help="print one value and exit: the absolute run.dir, the run name, the steps left after "
+        "the run's latest checkpoint, parallel.tp, or the final table's file when the run is "
+        "complete and the table is missing (else an empty line)",
     )
 
 
@@ -119,6 +119,41 @@ def _eval_line(plan, cfg) -> str:
     return f"eval         {sizes} per device ({batch}); {verdict}"
 
 
+def _zero_shot_lines(plan, cfg) -> list[str]:
+    """What one periodic evaluation and the final table cost (model: planning/eval_cost.py)."""
+    t, lines = cfg.train, []
+    specs = {"periodic": t.zero_shot_tasks, "final": t.final_zero_shot_tasks}
+    for kind, cost in plan.zero_shot.items():
+        docs = "all docs" if cost.limit is None else f"{cost.limit} docs each"
+        when = f"every {t.zero_shot_interval:,} steps" if kind == "periodic" else "at the end"
+        share = ""
+        if kind == "periodic":
+            count = t.steps // t.zero_shot_interval + (t.steps % t.zero_shot_interval > 0)
+            extra = 100 * count * cost.seconds / 3600 / plan.train_time_h
+            share = f"; {count} of them: +{extra:.2f}% training time"
+        lines.append(
+            f"{kind:<9}{', '.join(specs[kind])} ({docs}, {when}): {cost.requests:,} requests, "
+            f"{cost.tokens / 1e6:.1f}M tokens, >= {_duration(cost.seconds)} on TP {plan.tp}{share}"
+            + (f" (no estimate for {', '.join(cost.unknown)})" if cost.unknown else "")
+        )
+    return [("zero-shot    " if i == 0 else "             ") + line for i, line in enumerate(lines)]
+
+
+def _zero_shot_costs(cfg, plan) -> dict:
+    from megadyt.evaluation.harness import expand_tasks
+    from megadyt.planning.eval_cost import zero_shot_cost
+
+    t, costs = cfg.train, {}
+    for kind, tasks, limit in (
+        ("periodic", t.zero_shot_tasks, t.zero_shot_limit),
+        ("final", t.final_zero_shot_tasks, t.final_zero_shot_limit),
+    ):
+        if tasks:
+            names = expand_tasks(tasks)
+            costs[kind] = zero_shot_cost(cfg, names, limit, plan.peak_tflops, plan.mfu)
+    return costs
+
+
 def _report(plan, cfg) -> str:
     m = plan.memory
     s = plan.settings
@@ -150,6 +185,7 @@ def _report(plan, cfg) -> str:
         f"{plan.train_time_h:,.1f} h for {plan.steps:,} steps",
         *_checkpoint_lines(plan),
         _eval_line(plan, cfg),
+        *_zero_shot_lines(plan, cfg),
         f"stop         {_duration(plan.stop_s)} for a graceful stop (finish the step, then save)"
         + (
             f"; grace {_duration(plan.stop_grace_s)}: "
@@ -161,17 +197,25 @@ def _report(plan, cfg) -> str:
     return "\n".join(lines)
 
 
+def _printed_value(cfg, field: str) -> str:
+    """One value for the launch scripts, answered before torch is imported (a login node)."""
+    run_dir, t = RunDir(cfg.run.dir), cfg.train
+    if field == "run_dir":
+        return str(run_dir.root.resolve())
+    if field == "run_name":
+        return cfg.run.name or run_dir.root.name
+    if field == "remaining_steps":
+        return str(run_dir.remaining_steps(t.steps))
+    if field == "tp":
+        return str(cfg.parallel.tp)
+    missing = run_dir.missing_final_table(t.steps, t.final_zero_shot_tasks)
+    return str(missing.resolve()) if missing else ""
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    # `--print` serves the launch scripts on a login node: answer before torch is imported.
-    if args.print_field == "run_dir":
-        print(Path(cfg.run.dir).resolve())
-        return 0
-    if args.print_field == "run_name":
-        print(cfg.run.name or Path(cfg.run.dir).name)
-        return 0
-    if args.print_field == "remaining_steps":
-        print(max(0, cfg.train.steps - RunDir(cfg.run.dir).latest_step()))
+    if args.print_field is not None:
+        print(_printed_value(cfg, args.print_field))
         return 0
     from megadyt.planning.plan import (
         DoesNotFit,
@@ -193,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
         fs_bandwidth_gbs=args.fs_bandwidth_gbs,
     )
     plan = make_plan(cfg, **kwargs)
+    plan.zero_shot = _zero_shot_costs(cfg, plan)
     plan.stop_grace_s = args.stop_grace_s
     if not plan.fits:
         change = suggest(cfg, **kwargs)

@@ -38,18 +38,35 @@ def _train(args: argparse.Namespace, stop: StopRequest):
     cfg = load_config(args.config, overrides)
     check_writable(cfg.run.dir, "run.dir", directory=True)
 
+    zero_shot = None
+    if cfg.train.zero_shot_tasks or cfg.train.final_zero_shot_tasks:
+        _hub_or_cache(cfg.train.zero_shot_tasks + cfg.train.final_zero_shot_tasks)
+        from megadyt.evaluation.periodic import ZeroShot  # lm-eval: only for runs that use it
+
+        zero_shot = ZeroShot()
+
     from megadyt.parallel.distributed import destroy_distributed
     from megadyt.training.trainer import train
 
-    zero_shot = None
-    if cfg.train.zero_shot_tasks:  # lm-eval is imported only by runs that use it
-        from megadyt.evaluation.periodic import evaluate_model as zero_shot
     try:
         return cfg, train(
             cfg, zero_shot=zero_shot, allow_config_change=args.allow_config_change, stop=stop
         )
     finally:
         destroy_distributed()
+
+
+def _hub_or_cache(tasks: list[str]) -> None:
+    """Before `datasets` is imported: read hub tasks from the cache alone where the hub is
+    unreachable (rank 0 loads them; see `evaluation.task_data`)."""
+    from megadyt.evaluation.task_data import cache_only_if_hub_unreachable
+
+    if launch_rank() == 0 and cache_only_if_hub_unreachable(tasks):
+        print(
+            "megadyt: the Hugging Face hub is unreachable from here: zero-shot datasets are "
+            "read from its cache only (HF_HUB_OFFLINE=1)",
+            flush=True,
+        )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -132,11 +132,21 @@ class TrainConfig:
     # before its time limit; rerunning continues to train.steps. None: train to train.steps.
     # Not Megatron's periodic `exit_interval` (the old name here, still read as an alias).
     stop_at_step: int | None = None
-    # Periodic zero-shot evaluation with lm-eval (e.g. ["offline"] or task names); empty: off.
-    # Runs on every rank in lockstep (ZeRO-3 gathers need it) and needs parallel.tp == 1.
+    # Zero-shot evaluation with lm-eval: suites ("paper15", "offline") or task names. Every task
+    # is resolved at start-up: one whose dataset is neither cached nor downloadable stops the run
+    # before its first step. Rank 0 runs lm-eval; the ranks of its TP group (every rank under
+    # ZeRO-3) run the same forwards, the others wait; training metrics pause meanwhile.
+    # Periodic: every zero_shot_interval steps and at the final step, zero_shot_limit documents
+    # per task (None: all); the scores go to TensorBoard and metrics.jsonl. Empty: off.
     zero_shot_tasks: list[str] = field(default_factory=list)
     zero_shot_interval: int = 1000
-    zero_shot_limit: int | None = 100  # documents per task; None: all
+    zero_shot_limit: int | None = 100
+    # The run's final table: once train.steps is trained and saved, these tasks on
+    # final_zero_shot_limit documents each (None: all), written to RUN/eval/step_N-SET.json
+    # (`megadyt compare` reads it). A stop request before it starts leaves it to the next start
+    # or to the launch scripts (`megadyt eval --final`). Empty: none.
+    final_zero_shot_tasks: list[str] = field(default_factory=list)
+    final_zero_shot_limit: int | None = None
     max_bad_steps: int = 5  # consecutive non-finite (or skipped-spike) steps before stopping
     # Loss-spike guard. A micro-batch whose loss (mean over data-parallel ranks) exceeds the mean
     # of the last `spike_window` accepted losses by `spike_threshold_std` standard deviations is

@@ -109,7 +109,7 @@ def _check_parallel_values(p: ParallelConfig) -> None:
     )
 
 
-def _check_train_values(t: TrainConfig, tp: int) -> None:
+def _check_train_values(t: TrainConfig) -> None:
     for key in (
         "steps",
         "micro_batch_size",
@@ -146,11 +146,9 @@ def _check_train_values(t: TrainConfig, tp: int) -> None:
         t.zero_shot_interval > 0,
         f"train.zero_shot_interval must be positive, got {t.zero_shot_interval}",
     )
-    _require(
-        not t.zero_shot_tasks or tp == 1,
-        "train.zero_shot_tasks needs parallel.tp=1 (evaluate TP>1 runs afterwards with "
-        "megadyt eval, which merges the TP shards)",
-    )
+    for key in ("zero_shot_limit", "final_zero_shot_limit"):
+        value = getattr(t, key)
+        _require(value is None or value > 0, f"train.{key} must be positive or null, got {value}")
     _require(
         0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}"
     )
@@ -256,7 +254,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> Config:
     """Check `cfg` (and its layout on `world_size` ranks when given); return it unchanged."""
     _check_model_values(cfg.model)
     _check_parallel_values(cfg.parallel)
-    _check_train_values(cfg.train, cfg.parallel.tp)
+    _check_train_values(cfg.train)
     raise_problems(layout_problems(cfg, world_size))
     _require(len(cfg.data.prefixes) > 0, "data.prefixes must name at least one dataset")
     check_data_weights(cfg.data.prefixes, cfg.data.weights)

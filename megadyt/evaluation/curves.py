@@ -9,13 +9,14 @@ range. `--smooth K` is a trailing moving average over K logged train-loss points
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from megadyt.errors import MegadytError
+from megadyt.evaluation.harness import ACCURACY_METRICS
+from megadyt.evaluation.results import zero_shot_results
 from megadyt.training.run.layout import RunDir
 
 TRAIN, VALID, TOKENS = "train/loss", "valid/loss", "train/tokens"
@@ -28,9 +29,13 @@ class RunCurves:
     norm: str | None
     train: tuple[np.ndarray, np.ndarray]  # (tokens, loss)
     valid: tuple[np.ndarray, np.ndarray]
-    eval_average: float | None = None
-    eval_file: str | None = None
+    zero_shot: dict | None = None  # the results file of its table (`zero_shot_results`)
+    zero_shot_file: str | None = None
     extra: dict = field(default_factory=dict)  # every logged scalar: tag -> (tokens, values)
+
+    @property
+    def eval_average(self) -> float | None:
+        return (self.zero_shot or {}).get("average")
 
     @property
     def final_train(self) -> float | None:
@@ -92,14 +97,7 @@ def load_run(run_dir: str | Path) -> RunCurves:
             ys.append(value)
         return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
-    eval_average = eval_file = None
-    latest = run.latest_eval_json()
-    if latest is not None:
-        try:
-            eval_average = json.loads(latest.read_text()).get("average")
-            eval_file = str(latest)
-        except (OSError, json.JSONDecodeError):
-            pass
+    results, results_file = zero_shot_results(run)
     norm = (cfg.get("model") or {}).get("norm") if cfg else None
     return RunCurves(
         name=run_dir.name,
@@ -107,10 +105,42 @@ def load_run(run_dir: str | Path) -> RunCurves:
         norm=norm,
         train=series(TRAIN),
         valid=series(VALID),
-        eval_average=eval_average,
-        eval_file=eval_file,
+        zero_shot=results,
+        zero_shot_file=results_file,
         extra={tag: series(tag) for tag in scalars},
     )
+
+
+def _score(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    value = entry["value"]
+    return f"{100 * value:.2f}" if entry.get("metric") in ACCURACY_METRICS else f"{value:.4f}"
+
+
+def zero_shot_table(runs: list[RunCurves]) -> str | None:
+    """Markdown: one row per task, one column per run (its results file's set and step), and
+    the accuracy average; None when no run has results."""
+    scored = [run for run in runs if run.zero_shot]
+    if not scored:
+        return None
+    tasks: list[str] = []
+    for run in scored:
+        tasks += [t for t in run.zero_shot.get("tasks", {}) if t not in tasks]
+    heads = []
+    for run in runs:
+        if run.zero_shot is None:
+            heads.append(f"{run.name} (none)")
+            continue
+        task_set = Path(run.zero_shot_file).stem.partition("-")[2] or "results"
+        heads.append(f"{run.name} ({task_set}, step {run.zero_shot.get('step', '?')})")
+    lines = ["| task | " + " | ".join(heads) + " |", "|---|" + "---|" * len(runs)]
+    for task in tasks:
+        cells = [_score((run.zero_shot or {}).get("tasks", {}).get(task)) for run in runs]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    averages = ["–" if r.eval_average is None else f"{100 * r.eval_average:.2f}" for r in runs]
+    lines.append("| **average** (acc) | " + " | ".join(averages) + " |")
+    return "\n".join(lines)
 
 
 def _save(fig, output: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""lm-eval model `megadyt`: scores megadyt checkpoints (or an in-memory TP=1 model).
+"""lm-eval model `megadyt`: scores megadyt checkpoints (or an in-memory model, at any TP).
 
 Importing this module registers the class with lm-eval's model registry, so afterwards
 `lm_eval.simple_evaluate(model="megadyt", model_args="checkpoint=RUN_DIR")` works. lm-eval has no
@@ -19,6 +19,7 @@ the tokenizer's eos, as in training (every document there ends with eos).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,6 +47,8 @@ class MegadytLM(TemplateLM):
     (cpu/cuda/auto), batch_size (int), max_length (default: the model's seq_length),
     dtype (auto: bfloat16 on CUDA, float32 on CPU; float32/bfloat16/float16), max_gen_toks
     (default 256). In a TP=N process group it loads this rank's shard (see the module doc).
+    In Python, `model=` and `cfg=` score an in-memory model instead, through `forward=` when
+    given (a `TPForward`; training passes `TPForward.for_training`).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class MegadytLM(TemplateLM):
         model: torch.nn.Module | None = None,
         cfg: Config | None = None,
         tokenizer: Tokenizer | None = None,
+        forward: TPForward | None = None,
         **_ignored: Any,
     ) -> None:
         super().__init__()
@@ -81,7 +85,9 @@ class MegadytLM(TemplateLM):
             raise MegadytError("MegadytLM(model=...) also needs cfg=")
         self.model = model
         self.cfg = cfg
-        self.forward = TPForward(model, next(model.parameters()).device)
+        self.forward = forward or TPForward(model, next(model.parameters()).device)
+        # sequence parallelism splits each batch's length over the TP ranks
+        self.pad_multiple = math.lcm(PAD_MULTIPLE, self.forward.tp)
         self.tok = tokenizer or tokenizer_for(cfg)
         self._device = next(model.parameters()).device
         if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
@@ -135,7 +141,8 @@ class MegadytLM(TemplateLM):
     def _logits(self, rows: list[list[int]]) -> torch.Tensor:
         """float32 log-probs [b, s, V] for right-padded rows (s = longest row, rounded up)."""
         longest = max(len(r) for r in rows)
-        width = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, max(self.max_length, longest))
+        width = -(-longest // self.pad_multiple) * self.pad_multiple
+        width = min(width, max(self.max_length, longest))
         batch = torch.zeros(len(rows), width, dtype=torch.long)
         for i, row in enumerate(rows):
             batch[i, : len(row)] = torch.tensor(row, dtype=torch.long)

@@ -6,6 +6,11 @@ rank only. TP rank 0 broadcasts each batch before running its forward; the other
 `follow()` for the next batch, run the same forward, and return when rank 0 `release()`s them.
 The vocabulary-parallel logits are gathered on every rank (megatron-core's gather along the last
 dim), so rank 0 scores full-vocabulary log-probs, as at TP=1.
+
+Inside a training job (`for_training`) the announcements go to every rank, from global rank 0:
+the ranks of its TP group run each forward; under ZeRO-3 every rank does, since each forward
+gathers its partitioned parameters from the whole data-parallel group (DeepSpeed's hooks). The
+other ranks only listen, so none of them waits longer than lm-eval takes between two forwards.
 """
 
 from __future__ import annotations
@@ -19,21 +24,46 @@ OP_END, OP_FORWARD = 0, 1
 
 
 class TPForward:
-    """The model call of an evaluation process, whatever its TP size (1: a plain call)."""
+    """The model call of an evaluation process, whatever its TP size (1: a plain call).
 
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        self.model, self.device = model, device
+    `group` hears every forward from global rank `src` (default: the TP group, from its first
+    rank); `forwards` says whether this rank runs them or only listens."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        group: dist.ProcessGroup | None = None,
+        src: int = 0,
+        forwards: bool = True,
+    ) -> None:
+        self.model, self.device, self.forwards = model, device, forwards
         initialized = parallel_state.model_parallel_is_initialized()
         self.tp = parallel_state.get_tensor_model_parallel_world_size() if initialized else 1
-        self.leads = not initialized or parallel_state.get_tensor_model_parallel_rank() == 0
+        if group is None and self.tp > 1:
+            group = parallel_state.get_tensor_model_parallel_group()
+            src = parallel_state.get_tensor_model_parallel_src_rank()
+        self.group, self.src = group, src
+        self.leads = dist.get_rank() == src if group is not None else True
         self._broken = False
-        if self.tp > 1:
-            self.group = parallel_state.get_tensor_model_parallel_group()
-            self.src = parallel_state.get_tensor_model_parallel_src_rank()
+
+    @classmethod
+    def for_training(cls, model: torch.nn.Module, device: torch.device, zero3: bool) -> TPForward:
+        """Inside a training job: rank 0 leads, every rank listens, and the ranks of rank 0's
+        TP group run the forwards (every rank under ZeRO-3)."""
+        if dist.get_world_size() == 1:
+            return cls(model, device)
+        lead_group = parallel_state.get_data_parallel_rank() == 0  # TP groups: consecutive ranks
+        return cls(model, device, dist.group.WORLD, 0, forwards=zero3 or lead_group)
+
+    @property
+    def broken(self) -> bool:
+        """Whether a forward failed on this rank: the others are still inside its collectives."""
+        return self._broken
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits [b, s, V] of token ids [b, s] (TP rank 0; the others run it in follow())."""
-        if self.tp > 1:
+        """Logits [b, s, V] of token ids [b, s] (the leader; the others run it in follow())."""
+        if self.group is not None:
             self._send(OP_FORWARD, batch)
         try:
             return self._forward(batch)
@@ -44,7 +74,8 @@ class TPForward:
             raise
 
     def follow(self) -> None:
-        """TP ranks other than 0: run each forward rank 0 announces, until it releases us."""
+        """Every rank but the leader: run (or only hear) each forward it announces, until it
+        releases us."""
         while True:
             header = torch.empty(3, dtype=torch.long, device=self.device)
             dist.broadcast(header, self.src, group=self.group)
@@ -53,13 +84,14 @@ class TPForward:
             shape = (int(header[1]), int(header[2]))
             batch = torch.empty(shape, dtype=torch.long, device=self.device)
             dist.broadcast(batch, self.src, group=self.group)
-            with torch.no_grad():
-                self._forward(batch)
+            if self.forwards:
+                with torch.no_grad():
+                    self._forward(batch)
 
     def release(self) -> None:
-        """TP rank 0, once lm-eval is done (or failed between forwards): end the other ranks'
+        """The leader, once lm-eval is done (or failed between forwards): end the other ranks'
         follow()."""
-        if self.tp > 1 and not self._broken:
+        if self.group is not None and not self._broken:
             self._send(OP_END, None)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,7 @@ class Plan:
     suggestion: str | None = None
     stop_grace_s: float | None = None  # the time SLURM gives a graceful stop, when stated
     evaluation: dict = field(default_factory=dict)  # planning.eval_memory.eval_tp_choice
+    zero_shot: dict = field(default_factory=dict)  # "periodic"/"final": eval_cost.ZeroShotCost
 
     @property
     def stop_s(self) -> float:
@@ -70,7 +71,9 @@ class Plan:
         return self.step_time_s + self.checkpoint.save_s
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("memory", "checkpoint")}
+        skip = ("memory", "checkpoint", "zero_shot")
+        out = {k: v for k, v in self.__dict__.items() if k not in skip}
+        out["zero_shot"] = {k: cost.as_dict() for k, cost in self.zero_shot.items()}
         out["memory_gb"] = self.memory.as_gb()
         out["checkpoint"] = self.checkpoint.as_dict()
         out["stop_s"] = self.stop_s

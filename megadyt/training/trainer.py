@@ -38,7 +38,7 @@ from megadyt.training.checkpoint.initial import initial_checkpoint, load_initial
 from megadyt.training.compile import compile_layers, eager
 from megadyt.training.data import build_train_valid
 from megadyt.training.engine import build_engine
-from megadyt.training.evaluator import Evaluator, ZeroShotScorer
+from megadyt.training.evaluator import Evaluator, ZeroShotScorer, resolve_zero_shot_tasks
 from megadyt.training.guard import StepGuard
 from megadyt.training.metrics import MetricsProcessor, MetricsWriter
 from megadyt.training.optim import lr_at
@@ -189,7 +189,21 @@ class Trainer:
                         saved = self.checkpointer.save(step, self.client_state(step))
                 if stopping:
                     writer.message(self._stop_line(stopping, step, saved))
+            if step >= self.cfg.train.steps:
+                self._final_table(step, stopping, writer)
         return TrainResult(first, step, losses, self.guard.skipped, self.guard.rollbacks, stopping)
+
+    def _final_table(self, step: int, stopping: str | None, writer: MetricsWriter) -> None:
+        """The final zero-shot evaluation, once the last step is saved. A stop request that
+        came first leaves it to the next start (the launch scripts run it); one that comes
+        during it is honoured afterwards, when nothing is left to do."""
+        if not stopping:
+            self.evaluator.final_table(step, self.engine, writer, self.metrics.tokens_at(step))
+        elif self.cfg.train.final_zero_shot_tasks:
+            writer.message(
+                "megadyt: the final zero-shot evaluation is left to the next start "
+                "(`megadyt eval --final`; the launch scripts run it)"
+            )
 
     def _stop_line(self, signal_name: str, step: int, saved: bool) -> str:
         """The one line a stop request ends the run with (rank 0 prints it)."""
@@ -253,7 +267,7 @@ def train(
 ) -> TrainResult:
     """Initialise distributed state, take the run, build data and engine, train. `datasets`
     (train, valid) overrides the config's data section (tests use it for synthetic token
-    sources); `zero_shot` scores train.zero_shot_tasks (`megadyt train` passes lm-eval's);
+    sources); `zero_shot` scores the zero-shot tasks (`megadyt train` passes lm-eval's);
     `allow_config_change` lets a resume change the schedule (`megadyt.training.run.provenance`);
     `stop` is a StopRequest its caller entered earlier (`megadyt train` does so before
     importing torch), else one is held for the duration of this call."""
@@ -290,6 +304,7 @@ def _train(
     env = init_distributed(cfg.parallel.tp, cfg.parallel.backend, cfg.parallel.timeout_minutes)
     validate_config(cfg, env.world_size)
     _check_same_config_on_all_ranks(cfg)
+    resolve_zero_shot_tasks(cfg, zero_shot)  # before anything is built: a refusal is cheap
     with open_run(cfg, env.world_size, allow_config_change) as record:
         finished = _already_finished(cfg)
         if finished is not None:

@@ -11,6 +11,7 @@ from megadyt.training.run.layout import (
     resolve_checkpoint,
     step_of,
     tag_for,
+    task_set_label,
     weights_file,
 )
 
@@ -81,14 +82,43 @@ def test_resolve_checkpoint_names_the_path_when_there_is_none(tmp_path):
         resolve_checkpoint(tmp_path)
 
 
-def test_latest_eval_json_is_the_highest_step_not_the_last_name(tmp_path):
+def test_eval_results_are_named_by_step_and_task_set(tmp_path):
     run = RunDir(tmp_path)
-    assert run.latest_eval_json() is None
-    for step in (0, 8, 10_000_000, 30):
-        run.eval_json(step).parent.mkdir(exist_ok=True)
-        run.eval_json(step).write_text("{}")
-    (run.eval_json(0).parent / "step_notes.json").write_text("{}")
-    assert run.latest_eval_json() == run.eval_json(10_000_000)
+    assert run.eval_results() == []
+    assert task_set_label(["paper15"]) == "paper15"
+    assert task_set_label(["arc_easy", "piqa,hellaswag"]) == "arc_easy+piqa+hellaswag"
+    many = task_set_label([f"task_number_{i}" for i in range(12)])
+    assert len(many) <= 60 and many.startswith("task_number_0+11more-")
+    assert many != task_set_label([f"task_number_{i}" for i in range(13)])
+    for step, task_set in ((0, "offline"), (8, "paper15"), (10_000_000, "offline"), (8, "a+b")):
+        run.eval_json(step, task_set).parent.mkdir(exist_ok=True)
+        run.eval_json(step, task_set).write_text("{}")
+    (run.root / "eval" / "step_notes.json").write_text("{}")
+    (run.root / "eval" / "step_0000030.json").write_text("{}")  # named without a task set
+    found = [(step, task_set, path.name) for step, task_set, path in run.eval_results()]
+    assert found == [
+        (0, "offline", "step_0000000-offline.json"),
+        (8, "a+b", "step_0000008-a+b.json"),
+        (8, "paper15", "step_0000008-paper15.json"),
+        (30, "", "step_0000030.json"),
+        (10_000_000, "offline", "step_10000000-offline.json"),
+    ]
+
+
+def test_the_final_table_is_missing_only_once_the_run_is_complete(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.missing_final_table(10, []) is None  # no final tasks
+    assert run.missing_final_table(10, ["paper15"]) is None  # nothing trained
+    run.checkpoints.mkdir()
+    run.publish_latest("step_0000008")
+    assert run.remaining_steps(10) == 2 and run.missing_final_table(10, ["paper15"]) is None
+    run.publish_latest("step_0000010")
+    table = run.missing_final_table(10, ["paper15"])
+    assert run.remaining_steps(10) == 0 and table == run.eval_json(10, "paper15")
+    table.parent.mkdir()
+    table.write_text("{}")
+    assert run.missing_final_table(10, ["paper15"]) is None
+    assert run.missing_final_table(10, ["offline"]) == run.eval_json(10, "offline")
 
 
 def test_config_copy_round_trips(tmp_path):

@@ -173,6 +173,37 @@ def test_zero_shot_runs_at_its_interval_and_the_last_step(tmp_path):
     assert scored == [(2, 0.25, 200), (4, 0.5, 400), (5, 0.75, 500)]
 
 
+class _FailingScorer:
+    """What the real scorer raises on every rank when lm-eval fails on rank 0."""
+
+    def resolve(self, tasks, cfg):
+        pass
+
+    def __call__(self, model, cfg, tasks, limit):
+        raise MegadytError("zero-shot evaluation failed on rank 0: no documents")
+
+    def table(self, *args):
+        raise MegadytError("zero-shot evaluation failed on rank 0: no paper15 documents")
+
+
+def test_a_failed_zero_shot_evaluation_warns_and_training_goes_on(tmp_path, capsys):
+    run, writer = _writer(tmp_path)
+    cfg = small_config(["train.steps=2", "train.zero_shot_tasks=[stdlib_nextline]",
+                        "train.zero_shot_interval=1", "train.final_zero_shot_tasks=[paper15]",
+                        f"run.dir={run.root}"])  # fmt: skip
+    evaluator = Evaluator(cfg, None, _FailingScorer())
+    evaluator.run_due(1, _Engine(), writer, tokens=100)
+    evaluator.final_table(2, _Engine(), writer, tokens=200)
+    writer.close()
+    out = capsys.readouterr().out
+    assert "megadyt: warning: step 1: zero-shot evaluation failed on rank 0: no documents; " \
+        "training goes on" in out  # fmt: skip
+    assert "megadyt: warning: step 2, final table: zero-shot evaluation failed on rank 0: no " \
+        "paper15 documents; the run is complete" in out  # fmt: skip
+    assert metrics_records(run.root) == []  # nothing scored, nothing pretends to be
+    assert not (run.root / "eval").exists()
+
+
 # -- checkpointer (a real DeepSpeed engine) ------------------------------------------------------
 def _checkpointer(rank: int, world_size: int, run_dir: str) -> dict:
     from megadyt.parallel.distributed import init_distributed

@@ -6,7 +6,10 @@
     RUN/calibration.json         calibrated α of a fresh DyT/Derf run
     RUN/metrics.jsonl            one JSON record per log step or event
     RUN/tb/                      TensorBoard events (training, and `megadyt eval --run-dir`)
-    RUN/eval/step_NNNNNNN.json   `megadyt eval --run-dir` results, read by `megadyt compare`
+    RUN/eval/step_NNNNNNN-SET.json
+                                 zero-shot results of one step on one task set (SET:
+                                 `task_set_label`, e.g. paper15), written by the run's final
+                                 evaluation and `megadyt eval --run-dir`; read by `megadyt compare`
     RUN/checkpoints/latest       the tag of the newest complete checkpoint, replaced atomically
     RUN/logs/                    stdout/stderr of jobs started by launch/ (SLURM, torchrun)
     RUN/checkpoints/step_NNNNNNN/
@@ -35,8 +38,10 @@ go through these methods, so nothing else spells a path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +65,8 @@ UNIVERSAL_DIR = "universal"
 TRASH_PREFIX = ".deleting-"  # + a tag: a checkpoint being deleted, which nothing reads
 
 _TAG = re.compile(r"step_(\d{7,})")
+_EVAL_FILE = re.compile(r"step_(\d{7,})(?:-([A-Za-z0-9_.+-]+))?\.json")
+_LABEL_MAX = 60
 
 
 def tag_for(step: int) -> str:
@@ -73,6 +80,20 @@ def step_of(tag: str) -> int | None:
     """The step a tag names (the inverse of `tag_for`); None when `tag` is not a step tag."""
     match = _TAG.fullmatch(tag)
     return int(match.group(1)) if match else None
+
+
+def task_set_label(tasks: Iterable[str]) -> str:
+    """The name of a zero-shot task set in result file names: its suites and task names as given,
+    joined by '+' ("paper15", "arc_easy+piqa"); a long list becomes its first name, its size and
+    a digest, so that every list has one short name."""
+    names = [n.strip() for item in tasks for n in str(item).split(",") if n.strip()]
+    if not names:
+        raise ValueError("a task set names at least one suite or task")
+    label = re.sub(r"[^A-Za-z0-9_.+-]", "_", "+".join(names))
+    if len(label) <= _LABEL_MAX:
+        return label
+    digest = hashlib.sha256(label.encode()).hexdigest()[:8]
+    return f"{label.split('+')[0][:24]}+{len(names) - 1}more-{digest}"
 
 
 def rng_file(tag_dir: Path, rank: int) -> Path:
@@ -217,14 +238,36 @@ class RunDir:
         return sorted(self.checkpoints.glob(f"{TRASH_PREFIX}*"))
 
     # -- evaluation results --------------------------------------------------------------------
-    def eval_json(self, step: int) -> Path:
-        return self.root / EVAL_DIR / f"{tag_for(step)}.json"
+    def eval_json(self, step: int, task_set: str) -> Path:
+        """The results file of `step` on a task set (named by `task_set_label`)."""
+        return self.root / EVAL_DIR / f"{tag_for(step)}-{task_set}.json"
 
-    def latest_eval_json(self) -> Path | None:
-        """The eval results of the newest evaluated step, if any."""
-        steps = {step_of(p.stem): p for p in (self.root / EVAL_DIR).glob("step_*.json")}
-        steps.pop(None, None)
-        return steps[max(steps)] if steps else None
+    def eval_results(self) -> list[tuple[int, str, Path]]:
+        """(step, task set, file) of every results file, by step then set name; a file named
+        without a set (step_NNNNNNN.json) has the set ''."""
+        found = []
+        for path in (self.root / EVAL_DIR).glob("step_*.json"):
+            match = _EVAL_FILE.fullmatch(path.name)
+            if match:
+                found.append((int(match.group(1)), match.group(2) or "", path))
+        return sorted(found)
+
+    def remaining_steps(self, steps: int) -> int:
+        """Steps left to train to `steps` after the latest checkpoint (0: the run is complete)."""
+        return max(0, steps - self.latest_step())
+
+    def final_table(self, steps: int, tasks: list[str]) -> Path | None:
+        """The results file of the run's final evaluation (step `steps` on `tasks`); None
+        without final tasks."""
+        return self.eval_json(steps, task_set_label(tasks)) if tasks else None
+
+    def missing_final_table(self, steps: int, tasks: list[str]) -> Path | None:
+        """The final table's file when the run is complete and the file does not exist yet:
+        what the launch scripts still have to evaluate; None otherwise."""
+        path = self.final_table(steps, tasks)
+        if path is None or self.remaining_steps(steps) > 0 or path.is_file():
+            return None
+        return path
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
