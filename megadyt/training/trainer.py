@@ -5,9 +5,10 @@ The loop itself is short; its parts each live in their own module:
 - `guard.StepGuard`: loss spikes (log, skip, roll back) and steps that could not be applied;
 - `metrics.MetricsProcessor` / `MetricsWriter`: throughput figures, TensorBoard, metrics.jsonl;
 - `evaluator.Evaluator`: validation loss, and zero-shot tasks through a scorer passed in;
-- `checkpointer.Checkpointer`: when to save, what goes in, and resuming;
-- `signals.StopRequest`: SIGUSR1/SIGTERM become a save and a clean exit;
-- `rundir.RunDir`: where every file of the run lives.
+- `checkpoint.checkpointer.Checkpointer`: when to save, what goes in, and resuming;
+- `cadence.Cadence`: which steps log, save, validate, score and diagnose;
+- `parallel.stop_signals.StopRequest`: SIGUSR1/SIGTERM/Ctrl-C become a save and a clean exit;
+- `run.layout.RunDir`: where every file of the run lives; `run.session.open_run`: taking it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ import torch.distributed as dist
 
 from megadyt.config.schema import Config
 from megadyt.config.validate import validate_config
-from megadyt.errors import MegadytError
 from megadyt.model import build_model, norm_parameter_names, norm_scalars
 from megadyt.parallel.distributed import (
     device,
-    from_all_ranks,
     init_distributed,
     launcher_variables,
     seed_everything,
@@ -43,7 +42,7 @@ from megadyt.training.guard import StepGuard
 from megadyt.training.metrics import MetricsProcessor, MetricsWriter
 from megadyt.training.optim import lr_at
 from megadyt.training.run.layout import RunDir
-from megadyt.training.run.provenance import RunRecord, config_digest
+from megadyt.training.run.provenance import RunRecord
 from megadyt.training.run.session import open_run
 from megadyt.training.saturation import SaturationMonitor
 from megadyt.training.step import StepOutcome, StepRunner
@@ -57,17 +56,6 @@ class TrainResult:
     skipped_steps: int
     rollbacks: int = 0
     stop_signal: str | None = None  # e.g. "SIGUSR1" when a stop request ended the run early
-
-
-def _check_same_config_on_all_ranks(cfg: Config) -> None:
-    digest = config_digest(cfg.to_dict())
-    digests = from_all_ranks(digest)
-    bad = [r for r, d in enumerate(digests) if d != digests[0]]
-    if bad:
-        raise MegadytError(
-            f"rank {bad[0]} has a different config from rank 0; launch every rank "
-            "with the same --config and --set values"
-        )
 
 
 class Trainer:
@@ -149,12 +137,7 @@ class Trainer:
         writer = self._open_writer(resumed=client is not None, first=first)
         step, losses = first, {}
         with contextlib.closing(writer):
-            stopping = self.stop.agreed()  # a stop during start-up: nothing new to save
-            if stopping:
-                writer.message(
-                    f"megadyt: {stopping} received during start-up: stopped at step {step} "
-                    "before training; nothing new to save"
-                )
+            stopping = self._stop_before_training(step, writer)
             self.metrics.start_window()  # throughput counts from here, not from start-up
             if self.compilation is not None:
                 self.compilation.mark()
@@ -173,25 +156,41 @@ class Trainer:
                         continue
                 step += 1
                 losses[step] = outcome.loss
-                self.guard.record(step, outcome.loss, outcome.applied, outcome.spikes, writer)
-                if outcome.applied and self.cadence.logs(step):
-                    self._log(step, outcome, writer, steps_here=step - first)
-                if self.saturation is not None and self.cadence.diagnoses(step):
-                    self.saturation.diagnose(step, self.last_norm_stats, writer)
-                with self.metrics.paused():  # evaluation and saving are not throughput
-                    with eager() if self.compilation is not None else contextlib.nullcontext():
-                        self.evaluator.run_due(
-                            step, self.engine, writer, self.metrics.tokens_at(step)
-                        )
-                    stopping = self.stop.agreed()  # a collective: every rank, every step
-                    saved = False
-                    if self.cadence.saves(step) or stopping:
-                        saved = self.checkpointer.save(step, self.client_state(step))
-                if stopping:
-                    writer.message(self._stop_line(stopping, step, saved))
+                stopping = self._after_step(step, outcome, writer, steps_here=step - first)
             if step >= self.cfg.train.steps:
                 self._final_table(step, stopping, writer)
         return TrainResult(first, step, losses, self.guard.skipped, self.guard.rollbacks, stopping)
+
+    def _stop_before_training(self, step: int, writer: MetricsWriter) -> str | None:
+        """A stop request that came during start-up: nothing new to save."""
+        stopping = self.stop.agreed()
+        if stopping:
+            writer.message(
+                f"megadyt: {stopping} received during start-up: stopped at step {step} "
+                "before training; nothing new to save"
+            )
+        return stopping
+
+    def _after_step(
+        self, step: int, outcome: StepOutcome, writer: MetricsWriter, steps_here: int
+    ) -> str | None:
+        """Everything due after optimizer step `step` (1-based): the guard's record, the log,
+        the diagnostic, evaluation, and saving; returns the stop request all ranks agreed on."""
+        self.guard.record(step, outcome.loss, outcome.applied, outcome.spikes, writer)
+        if outcome.applied and self.cadence.logs(step):
+            self._log(step, outcome, writer, steps_here)
+        if self.saturation is not None and self.cadence.diagnoses(step):
+            self.saturation.diagnose(step, self.last_norm_stats, writer)
+        with self.metrics.paused():  # evaluation and saving are not throughput
+            with eager() if self.compilation is not None else contextlib.nullcontext():
+                self.evaluator.run_due(step, self.engine, writer, self.metrics.tokens_at(step))
+            stopping = self.stop.agreed()  # a collective: every rank, every step
+            saved = False
+            if self.cadence.saves(step) or stopping:
+                saved = self.checkpointer.save(step, self.client_state(step))
+        if stopping:
+            writer.message(self._stop_line(stopping, step, saved))
+        return stopping
 
     def _final_table(self, step: int, stopping: str | None, writer: MetricsWriter) -> None:
         """The final zero-shot evaluation, once the last step is saved. A stop request that
@@ -303,7 +302,6 @@ def _train(
 ) -> TrainResult:
     env = init_distributed(cfg.parallel.tp, cfg.parallel.backend, cfg.parallel.timeout_minutes)
     validate_config(cfg, env.world_size)
-    _check_same_config_on_all_ranks(cfg)
     resolve_zero_shot_tasks(cfg, zero_shot)  # before anything is built: a refusal is cheap
     with open_run(cfg, env.world_size, allow_config_change) as record:
         finished = _already_finished(cfg)

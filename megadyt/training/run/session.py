@@ -20,11 +20,11 @@ import torch.distributed as dist
 
 from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
-from megadyt.parallel.distributed import from_rank0
+from megadyt.parallel.distributed import from_all_ranks, from_rank0
 from megadyt.training.checkpoint.store import recover_latest
 from megadyt.training.run.layout import RunDir
 from megadyt.training.run.lock import RunLock
-from megadyt.training.run.provenance import RunRecord, check_resume, describe
+from megadyt.training.run.provenance import RunRecord, check_resume, config_digest, describe
 
 
 def _agreed(rank0: bool, action: Callable[[], object]) -> object:
@@ -39,6 +39,16 @@ def _agreed(rank0: bool, action: Callable[[], object]) -> object:
     if error:
         raise MegadytError(error)
     return value
+
+
+def _check_same_config_on_all_ranks(config: dict) -> None:
+    digests = from_all_ranks(config_digest(config))
+    bad = [r for r, d in enumerate(digests) if d != digests[0]]
+    if bad:
+        raise MegadytError(
+            f"rank {bad[0]} has a different config from rank 0; launch every rank "
+            "with the same --config and --set values"
+        )
 
 
 def _missing_dirs(root: Path) -> list[Path]:
@@ -71,8 +81,10 @@ def _resume_changes(run: RunDir, config: dict, allow_config_change: bool) -> dic
 
 @contextlib.contextmanager
 def open_run(cfg: Config, world_size: int, allow_config_change: bool) -> Iterator[RunRecord]:
-    """Hold the run for this start (every rank calls it); yields the run's record."""
+    """Hold the run for this start (every rank calls it, with the same config); yields the
+    run's record."""
     run, rank0, config = RunDir(cfg.run.dir), dist.get_rank() == 0, cfg.to_dict()
+    _check_same_config_on_all_ranks(config)
     created = _missing_dirs(run.root.absolute()) if rank0 else []
     lock_existed = rank0 and run.lock_file.exists()
     lock = RunLock(run.lock_file) if rank0 else None
