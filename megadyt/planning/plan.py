@@ -122,11 +122,7 @@ def make_plan(
     fs_bandwidth_gbs: float = DEFAULT_FS_BANDWIDTH_GBS,
 ) -> Plan:
     """Plan `cfg` on nodes × gpus_per_node devices; raises LayoutError if it does not divide."""
-    if nodes < 1 or gpus_per_node < 1:
-        raise LayoutError(f"--nodes and --gpus-per-node must be >= 1, got {nodes}, {gpus_per_node}")
-    if not 0 < mfu <= 1:
-        raise MegadytError(f"--mfu must be in (0, 1], got {mfu}")
-    check_bandwidth(fs_bandwidth_gbs)
+    _check_arguments(nodes, gpus_per_node, mfu, fs_bandwidth_gbs)
     world = nodes * gpus_per_node
     _valid_layout(cfg, world, gpus_per_node)
     m, p, t = cfg.model, cfg.parallel, cfg.train
@@ -164,16 +160,30 @@ def make_plan(
         device=device,
         checkpoint=checkpoint_estimate(cfg, world, bf16, step_time, fs_bandwidth_gbs),
         evaluation=eval_tp_choice(cfg, gpu_memory_gb, on_gpu=on_gpu),
-        settings={
-            "tp": p.tp,
-            "sp": p.sp,
-            "zero_stage": p.zero_stage,
-            "offload_optimizer": p.offload_optimizer,
-            "recompute": p.recompute,
-            "micro_batch_size": t.micro_batch_size,
-            "precision": "bf16" if bf16 else "fp32",
-        },
+        settings=_settings(cfg, bf16),
     )
+
+
+def _check_arguments(nodes: int, gpus_per_node: int, mfu: float, fs_bandwidth_gbs: float) -> None:
+    if nodes < 1 or gpus_per_node < 1:
+        raise LayoutError(f"--nodes and --gpus-per-node must be >= 1, got {nodes}, {gpus_per_node}")
+    if not 0 < mfu <= 1:
+        raise MegadytError(f"--mfu must be in (0, 1], got {mfu}")
+    check_bandwidth(fs_bandwidth_gbs)
+
+
+def _settings(cfg: Config, bf16: bool) -> dict:
+    """The settings a plan names (and `megadyt plan` suggests changes to)."""
+    p, t = cfg.parallel, cfg.train
+    return {
+        "tp": p.tp,
+        "sp": p.sp,
+        "zero_stage": p.zero_stage,
+        "offload_optimizer": p.offload_optimizer,
+        "recompute": p.recompute,
+        "micro_batch_size": t.micro_batch_size,
+        "precision": "bf16" if bf16 else "fp32",
+    }
 
 
 def _candidates(cfg: Config, gpus_per_node: int):
