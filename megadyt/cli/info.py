@@ -59,7 +59,9 @@ def model_info(cfg: Config) -> dict:
         info["alpha_init"] = {"mode": m.alpha_init}
         if m.alpha_init == "calibrate":
             info["alpha_init"].update(
-                attention=m.alpha_calibration_attention, other=m.alpha_calibration_other
+                attention=m.alpha_calibration_attention,
+                other=m.alpha_calibration_other,
+                final=m.alpha_calibration_final or m.alpha_calibration_other,
             )
     return info
 

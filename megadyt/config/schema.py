@@ -47,11 +47,13 @@ class ModelConfig:
     # How DyT/Derf set α at the start of a fresh run. "rule": α₀ from the width rule (or the
     # alpha0_* overrides). "calibrate": one forward pass over the first micro-batch before
     # training sets each norm's α = c / std(its input), in forward order, with c =
-    # alpha_calibration_attention for attention norms and alpha_calibration_other for FFN and
-    # final norms. A resumed run keeps its checkpointed α. RMSNorm ignores both.
+    # alpha_calibration_attention for attention norms, alpha_calibration_other for FFN norms
+    # and alpha_calibration_final (default: the same as other) for the final norm. A resumed
+    # run keeps its checkpointed α. RMSNorm ignores them.
     alpha_init: Literal["rule", "calibrate"] = "calibrate"
     alpha_calibration_attention: float = 2.0
     alpha_calibration_other: float = 1.0
+    alpha_calibration_final: float | None = None
     derf_shift_init: float = 0.0  # s0 of Derf (the paper: 0)
     norm_bias: bool = False  # β in DyT/Derf; the paper's LLaMA code has none
     # Learnable scalar multiplying the token embedding (init sqrt(hidden_size)).

@@ -41,6 +41,8 @@ def calibrate_model(
     def constant_for_role(role: str) -> float:
         if role == "attention":
             return m.alpha_calibration_attention
+        if role == "final" and m.alpha_calibration_final is not None:
+            return m.alpha_calibration_final
         return m.alpha_calibration_other
 
     group = parallel_state.get_tensor_model_parallel_group() if cfg.parallel.sp else None
@@ -62,6 +64,7 @@ def save_calibration(run: RunDir, cfg: Config, records: list[CalibratedAlpha]) -
         "samples": f"global samples 0..{cfg.train.micro_batch_size - 1}",
         "alpha_calibration_attention": cfg.model.alpha_calibration_attention,
         "alpha_calibration_other": cfg.model.alpha_calibration_other,
+        "alpha_calibration_final": cfg.model.alpha_calibration_final,
         "norms": [r.to_dict() for r in records],
     }
     atomic_write_text(path, json.dumps(payload, indent=1))

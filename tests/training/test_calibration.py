@@ -129,7 +129,10 @@ def test_every_layout_calibrates_to_identical_alpha(tmp_path, norm):
     run_distributed(
         _layouts,
         world_size=1,
-        layouts=[[*common, f"run.dir={tmp_path}/tp1", "parallel.zero_stage=0"]],
+        layouts=[
+            [*common, f"run.dir={tmp_path}/tp1", "parallel.zero_stage=0"],
+            [*common, f"run.dir={tmp_path}/final", "model.alpha_calibration_final=0.25"],
+        ],
     )
     run_distributed(
         _layouts,
@@ -151,6 +154,10 @@ def test_every_layout_calibrates_to_identical_alpha(tmp_path, norm):
         assert alphas == reference, layout  # bit-identical
         # what the engine trained with (ZeRO-3 partitions after calibration) is that α
         assert engine_alphas == pytest.approx(dict(alphas), rel=1e-7), layout
+    # the final norm's own constant: it comes last, so only its α changes, by 0.25 / 1
+    final, _ = _alphas(tmp_path / "final")
+    assert final[:-1] == reference[:-1]
+    assert final[-1][1] == pytest.approx(0.25 * reference[-1][1], rel=1e-6)
 
 
 def _resume(rank: int, world_size: int, run_dir: str) -> None:

@@ -34,7 +34,13 @@ from megadyt.training.run.layout import RunDir
 EXECUTION_ONLY_MODEL_KEYS = frozenset({"norm_impl", "attention_impl", "fused_loss"})
 # How a fresh run chose its starting weights and α: a resume loads both from the checkpoint.
 INITIALIZATION_ONLY_MODEL_KEYS = frozenset(
-    {"init_std", "alpha_init", "alpha_calibration_attention", "alpha_calibration_other"}
+    {
+        "init_std",
+        "alpha_init",
+        "alpha_calibration_attention",
+        "alpha_calibration_other",
+        "alpha_calibration_final",
+    }
 )
 MODEL_FREE_KEYS = EXECUTION_ONLY_MODEL_KEYS | INITIALIZATION_ONLY_MODEL_KEYS
 SCHEDULE_KEYS = {
