@@ -124,7 +124,7 @@ class TrainConfig:
     precision: PrecisionName = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     # torch.compile of every transformer layer (megadyt.training.compile): Inductor fuses the
     # norm, residual adds, SwiGLU and RoPE around the matmuls. "auto": on with CUDA, off on CPU
-    # (there it is 1.03-1.24x faster per step, but its compile time outweighs that in the
+    # (there it is 1.01-1.24x faster per step, but its compile time outweighs that in the
     # minutes-long runs CPUs are for). Compiling takes 10 s or more in the first step; the log
     # reports it. Not part of the model's identity: a run may resume either way.
     compile: CompileName = "auto"
