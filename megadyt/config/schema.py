@@ -117,9 +117,9 @@ class TrainConfig:
     # (γ, β, α, s) and the embedding scalar. True = the paper.
     decay_norm_params: bool = True
     # Whether the squashing norms' scalars α and s are weight-decayed (with decay_norm_params).
-    # Decay pulls α towards 0 by lr·wd·α a step; over a long run that, not the gradient, sets
-    # α. Turning it off made tiny DyT worse at 1 token/parameter (docs/regime.md). RMSNorm has
-    # no such scalar, so the twins still differ only in the norm.
+    # Decay pulls α towards 0 by lr·wd·α a step, about half of α's decline over a run; turning
+    # it off made tiny DyT worse at 1 token/parameter (docs/regime.md). RMSNorm has no such
+    # scalar, so the twins still differ only in the norm.
     decay_norm_scalars: bool = True
     precision: PrecisionName = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     # torch.compile of every transformer layer (megadyt.training.compile): Inductor fuses the
