@@ -128,6 +128,9 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, list[str]]:
         check_writable(args.output, "--output")
     if args.run_dir:
         check_writable(args.run_dir, "--run-dir", directory=True)
+    from megadyt.evaluation.task_data import cache_only_if_hub_unreachable
+
+    cache_only_if_hub_unreachable(args.tasks.split(","))  # before `datasets` is imported
     names = expand_tasks(args.tasks)
     check_task_names(names, args.include_path)
     return tag_dir, names
@@ -138,9 +141,6 @@ def run(args: argparse.Namespace) -> int:
         return _prefetch(args)
     if args.final and not _final_arguments(args):
         return 0
-    from megadyt.evaluation.task_data import cache_only_if_hub_unreachable
-
-    cache_only_if_hub_unreachable(args.tasks.split(","))
     tag_dir, names = _check_arguments(args)
     from megadyt.evaluation.harness import evaluate
     from megadyt.evaluation.lm import MegadytLM
