@@ -11,6 +11,8 @@ import contextlib
 import datetime
 import os
 import random
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -19,8 +21,11 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from megadyt.config.validate import check_world_size
+from megadyt.errors import MegadytError
 from megadyt.parallel import cpu_shims, watchdog
 from megadyt.parallel.launch_env import LaunchEnv
+
+T = TypeVar("T")
 
 # torchrun's variables as a single process would have them (filled by init_distributed)
 _SINGLE_PROCESS_VARIABLES: dict[str, str] = {}
@@ -108,6 +113,21 @@ def from_rank0(value):
     box = [value if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def rank0_verdict(action: Callable[[], T]) -> T:
+    """`action()` on rank 0 only; its result on every rank, or its MegadytError raised on every
+    rank, so a refusal is the same one line everywhere (a collective)."""
+    result = None
+    if _world() == 1 or dist.get_rank() == 0:
+        try:
+            result = (action(), None)
+        except MegadytError as exc:
+            result = (None, str(exc))
+    value, error = from_rank0(result)
+    if error:
+        raise MegadytError(error)
+    return value
 
 
 def from_all_ranks(value) -> list:

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.distributed as dist
 
 from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
-from megadyt.parallel.distributed import from_rank0
+from megadyt.parallel.distributed import from_rank0, rank0_verdict
 from megadyt.training.cadence import Cadence
 from megadyt.training.data import collate
 from megadyt.training.engine import gradient_accumulation_steps
@@ -67,17 +66,8 @@ def resolve_zero_shot_tasks(cfg: Config, zero_shot: ZeroShotScorer | None) -> No
     gets its verdict, so a refusal is the same one-line error everywhere)."""
     require_scorer(cfg, zero_shot)
     tasks = configured_tasks(cfg)
-    if not tasks:
-        return
-    error = None
-    if dist.get_rank() == 0:
-        try:
-            zero_shot.resolve(tasks, cfg)
-        except MegadytError as exc:
-            error = str(exc)
-    error = from_rank0(error)
-    if error:
-        raise MegadytError(error)
+    if tasks:
+        rank0_verdict(lambda: zero_shot.resolve(tasks, cfg))
 
 
 class Evaluator:

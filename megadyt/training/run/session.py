@@ -13,32 +13,18 @@ are removed again.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch.distributed as dist
 
 from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
-from megadyt.parallel.distributed import from_all_ranks, from_rank0
+from megadyt.parallel.distributed import from_all_ranks, rank0_verdict
 from megadyt.training.checkpoint.store import recover_latest
 from megadyt.training.run.layout import RunDir
 from megadyt.training.run.lock import RunLock
 from megadyt.training.run.provenance import RunRecord, check_resume, config_digest, describe
-
-
-def _agreed(rank0: bool, action: Callable[[], object]) -> object:
-    """`action()` on rank 0; every rank gets its result, or raises its MegadytError."""
-    result = None
-    if rank0:
-        try:
-            result = (action(), None)
-        except MegadytError as exc:
-            result = (None, str(exc))
-    value, error = from_rank0(result)
-    if error:
-        raise MegadytError(error)
-    return value
 
 
 def _check_same_config_on_all_ranks(config: dict) -> None:
@@ -90,12 +76,12 @@ def open_run(cfg: Config, world_size: int, allow_config_change: bool) -> Iterato
     lock = RunLock(run.lock_file) if rank0 else None
     record = RunRecord(run, config, world_size, {}, rank0)
     try:
-        _agreed(rank0, lock.acquire if lock else lambda: None)
+        rank0_verdict(lock.acquire if lock else lambda: None)
         warnings = [lock.warning] if rank0 and lock.warning else []
         recovered = recover_latest(run)
         if recovered:
             warnings.append(recovered)
-        changes = _agreed(rank0, lambda: _resume_changes(run, config, allow_config_change))
+        changes = rank0_verdict(lambda: _resume_changes(run, config, allow_config_change))
         if changes:
             warnings.append(
                 f"the schedule changes on resume ({describe(changes, 9)}), allowed by "
