@@ -121,6 +121,10 @@ class TrainConfig:
     # it off made tiny DyT worse at 1 token/parameter (docs/regime.md). RMSNorm has no such
     # scalar, so the twins still differ only in the norm.
     decay_norm_scalars: bool = True
+    # The squashing norms' α and s learn at this fraction of the LR (decay follows, as AdamW
+    # multiplies it by the LR). Adam moves a scalar as far a step as any weight, yet α scales
+    # its whole layer's input; 1.0 = the paper.
+    norm_scalar_lr_scale: float = 1.0
     precision: PrecisionName = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     # torch.compile of every transformer layer (megadyt.training.compile): Inductor fuses the
     # norm, residual adds, SwiGLU and RoPE around the matmuls. "auto": on with CUDA, off on CPU

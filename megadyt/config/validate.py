@@ -124,6 +124,10 @@ def _check_train_values(t: TrainConfig) -> None:
         _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}")
     _require(t.lr > 0, f"train.lr must be positive, got {t.lr}")
     _require(
+        t.norm_scalar_lr_scale >= 0,
+        f"train.norm_scalar_lr_scale must be >= 0, got {t.norm_scalar_lr_scale}",
+    )
+    _require(
         t.spike_threshold_std > 0,
         f"train.spike_threshold_std must be positive, got {t.spike_threshold_std}",
     )

@@ -44,13 +44,21 @@ def undecayed_parameter_names(model: torch.nn.Module, train: TrainConfig) -> set
 
 
 def parameter_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict]:
-    """AdamW groups: `train.weight_decay` for everything but `undecayed_parameter_names`."""
+    """AdamW groups: `train.weight_decay` for everything but `undecayed_parameter_names`; the
+    norms' α and s in groups of their own, carrying `lr_scale` (read where the LR is set),
+    when `train.norm_scalar_lr_scale` is not 1."""
     undecayed = undecayed_parameter_names(model, train)
-    decay, no_decay = [], []
+    scaled = set()
+    if train.norm_scalar_lr_scale != 1.0:
+        scaled = set(norm_scalar_parameter_names(model))
+    buckets: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if name in undecayed else decay).append(param)
-    groups = [{"params": decay, "weight_decay": train.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+            buckets.setdefault((name in undecayed, name in scaled), []).append(param)
+    groups = []
+    for (no_decay, lr_scaled), params in sorted(buckets.items()):
+        group = {"params": params, "weight_decay": 0.0 if no_decay else train.weight_decay}
+        if lr_scaled:
+            group["lr_scale"] = train.norm_scalar_lr_scale
+        groups.append(group)
     return groups

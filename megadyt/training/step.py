@@ -73,7 +73,7 @@ class StepRunner:
 
     def _set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def _clip(self) -> float:
         params = self.engine.module.parameters()

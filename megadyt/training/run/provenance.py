@@ -57,6 +57,7 @@ SCHEDULE_KEYS = {
         "grad_clip",
         "decay_norm_params",
         "decay_norm_scalars",
+        "norm_scalar_lr_scale",
         "seed",
     ),
     "data": ("prefixes", "weights", "split", "tokenizer"),
