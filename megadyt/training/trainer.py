@@ -43,7 +43,7 @@ from megadyt.training.metrics import MetricsProcessor, MetricsWriter
 from megadyt.training.optim import lr_at
 from megadyt.training.run.layout import RunDir
 from megadyt.training.run.provenance import RunRecord
-from megadyt.training.run.session import open_run
+from megadyt.training.run.session import finished_step, open_run
 from megadyt.training.saturation import SaturationMonitor
 from megadyt.training.step import StepOutcome, StepRunner
 
@@ -274,24 +274,6 @@ def train(
         return _train(cfg, datasets, zero_shot, after_publish, allow_config_change, held)
 
 
-def _already_finished(cfg: Config) -> TrainResult | None:
-    """A rerun whose (verified) checkpoint is at or past the step this invocation trains to:
-    nothing to train, so nothing is built and nothing written (no history record, no empty
-    TensorBoard file). Rank 0 says so in one line when the run is complete; a stop at
-    train.stop_at_step is said by `megadyt train`."""
-    run, t = RunDir(cfg.run.dir), cfg.train
-    step = store.finished_at(run, Cadence(t).stop_at, t.resume_fallback)
-    if step is None:
-        return None
-    if dist.get_rank() == 0 and step >= t.steps:
-        print(
-            f"megadyt: run {run.root} is complete: its latest checkpoint is at step {step} "
-            f"and train.steps is {t.steps}; nothing to train",
-            flush=True,
-        )
-    return TrainResult(step, step, {}, 0)
-
-
 def _train(
     cfg: Config,
     datasets,
@@ -304,9 +286,9 @@ def _train(
     validate_config(cfg, env.world_size)
     resolve_zero_shot_tasks(cfg, zero_shot)  # before anything is built: a refusal is cheap
     with open_run(cfg, env.world_size, allow_config_change) as record:
-        finished = _already_finished(cfg)
+        finished = finished_step(cfg)
         if finished is not None:
-            return finished
+            return TrainResult(finished, finished, {}, 0)
         if datasets is None:
             datasets = build_train_valid(cfg)
         with launcher_variables():  # DeepSpeed's ZeRO-3 reads LOCAL_RANK during every forward

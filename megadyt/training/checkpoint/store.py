@@ -73,37 +73,16 @@ def save_checkpoint(
     nothing is published: the partial directory is removed and `latest` keeps pointing at the
     previous complete checkpoint; CheckpointSaveError is raised on every rank."""
     tag = tag_for(step)
-    tag_dir = run.tag_dir(tag)
-    rank = dist.get_rank()
-    error = None
+    tag_dir, rank = run.tag_dir(tag), dist.get_rank()
     if rank == 0 and tag_dir.exists():
         # a stale dir of this step (saved before a fallback or rollback): while being rewritten
         # it must not look complete, and its old files must not enter the new manifest
         manifest_file(tag_dir).unlink(missing_ok=True)
         shutil.rmtree(tag_dir, ignore_errors=True)
     dist.barrier()
-    try:
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
-        engine.save_checkpoint(
-            str(run.checkpoints), tag=tag, client_state=client_state, save_latest=False
-        )
-        with atomic_output(rng_file(tag_dir, rank)) as tmp:
-            torch.save(rng_state(), tmp)
-        if before_publish is not None:
-            before_publish(tag_dir)
-    except Exception as exc:  # noqa: BLE001 - any failure of a write is a failed save
-        error = f"rank {rank}: {describe_write_error(exc, tag_dir)}"
-    failed = first_error(error) is not None
-    if not failed:
-        try:  # every rank hashes its share of the files; rank 0 writes the manifest
-            write_manifest(tag_dir, step, model)
-        except Exception as exc:  # noqa: BLE001
-            error = f"rank {rank}: {describe_write_error(exc, manifest_file(tag_dir))}"
-    if not failed and error is None and rank == 0:
-        try:
-            run.publish_latest(tag)
-        except Exception as exc:  # noqa: BLE001
-            error = f"rank 0: {describe_write_error(exc, manifest_file(tag_dir))}"
+    error = _write_files(engine, run, tag, client_state, before_publish)
+    if first_error(error) is None:  # every rank wrote: checksum and publish
+        error = _publish(run, tag, step, model)
     first = first_error(error)
     if first is not None:
         previous = run.latest_tag()
@@ -115,6 +94,39 @@ def save_checkpoint(
         )
     dist.barrier()
     return tag_dir
+
+
+def _write_files(engine, run: RunDir, tag: str, client_state: dict, before_publish) -> str | None:
+    """DeepSpeed's files, this rank's RNG states and `before_publish`'s; this rank's error."""
+    tag_dir, rank = run.tag_dir(tag), dist.get_rank()
+    try:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        engine.save_checkpoint(
+            str(run.checkpoints), tag=tag, client_state=client_state, save_latest=False
+        )
+        with atomic_output(rng_file(tag_dir, rank)) as tmp:
+            torch.save(rng_state(), tmp)
+        if before_publish is not None:
+            before_publish(tag_dir)
+    except Exception as exc:  # noqa: BLE001 - any failure of a write is a failed save
+        return f"rank {rank}: {describe_write_error(exc, tag_dir)}"
+    return None
+
+
+def _publish(run: RunDir, tag: str, step: int, model: dict | None) -> str | None:
+    """Every rank hashes its share of the files, rank 0 writes the manifest and then moves
+    `latest`; this rank's error."""
+    tag_dir, rank = run.tag_dir(tag), dist.get_rank()
+    try:
+        write_manifest(tag_dir, step, model)
+    except Exception as exc:  # noqa: BLE001
+        return f"rank {rank}: {describe_write_error(exc, manifest_file(tag_dir))}"
+    if rank == 0:
+        try:
+            run.publish_latest(tag)
+        except Exception as exc:  # noqa: BLE001
+            return f"rank 0: {describe_write_error(exc, manifest_file(tag_dir))}"
+    return None
 
 
 def has_checkpoint(run: RunDir) -> bool:

@@ -21,7 +21,8 @@ import torch.distributed as dist
 from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
 from megadyt.parallel.distributed import from_all_ranks, rank0_verdict
-from megadyt.training.checkpoint.store import recover_latest
+from megadyt.training.cadence import Cadence
+from megadyt.training.checkpoint.store import finished_at, recover_latest
 from megadyt.training.run.layout import RunDir
 from megadyt.training.run.lock import RunLock
 from megadyt.training.run.provenance import RunRecord, check_resume, config_digest, describe
@@ -101,3 +102,19 @@ def open_run(cfg: Config, world_size: int, allow_config_change: bool) -> Iterato
             if record.started_at is None:
                 _undo_start(lock, lock_existed, created)
             lock.release()
+
+
+def finished_step(cfg: Config) -> int | None:
+    """The step of a (verified) checkpoint at or past the step this start trains to, else None.
+    Such a rerun has nothing to train, so the trainer builds and writes nothing (no history
+    record, no empty TensorBoard file). Rank 0 says so in one line when the run is complete; a
+    stop at train.stop_at_step is said by `megadyt train`."""
+    run, t = RunDir(cfg.run.dir), cfg.train
+    step = finished_at(run, Cadence(t).stop_at, t.resume_fallback)
+    if step is not None and dist.get_rank() == 0 and step >= t.steps:
+        print(
+            f"megadyt: run {run.root} is complete: its latest checkpoint is at step {step} "
+            f"and train.steps is {t.steps}; nothing to train",
+            flush=True,
+        )
+    return step
