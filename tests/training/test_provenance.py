@@ -5,6 +5,7 @@ model or the schedule."""
 from __future__ import annotations
 
 import pytest
+import yaml
 from helpers import TokenSource, metrics_records, small_config, train_small
 
 from megadyt.errors import MegadytError
@@ -74,3 +75,20 @@ def test_a_checkpoint_that_fails_verification_leaves_the_record(tmp_path):
     with pytest.raises(MegadytError, match="tp_rank_00.pt"):
         _train(run_dir, ["train.steps=4", "train.save_interval=2"], allow_config_change=True)
     assert run.config.read_bytes() == record and run.history.read_bytes() == history
+
+
+def test_a_run_recorded_before_a_key_existed_resumes_under_its_default(tmp_path):
+    """An upgrade adds config keys; a run begun before had no such key and trained as its
+    default does, so it resumes, and only a value other than the default is a change."""
+    for name in ("upgraded", "changed"):
+        run_dir = tmp_path / name
+        _train(run_dir, ["train.steps=6", "train.save_interval=3", "train.stop_at_step=3"])
+        config = RunDir(run_dir).config
+        recorded = yaml.safe_load(config.read_text())
+        del recorded["train"]["norm_scalar_lr_scale"], recorded["model"]["norm_bias"]
+        config.write_text(yaml.safe_dump(recorded))
+    _, result = _train(tmp_path / "upgraded", ["train.steps=6", "train.save_interval=3"])
+    assert (result.first_step, result.last_step) == (3, 6)
+    changed = ["train.steps=6", "train.save_interval=3", "train.norm_scalar_lr_scale=0.5"]
+    with pytest.raises(MegadytError, match=r"norm_scalar_lr_scale=1.0 there vs 0.5 here"):
+        _train(tmp_path / "changed", changed)

@@ -13,11 +13,15 @@ On resume the config is compared with the run's `config.yaml`:
   seed and data. A change is refused unless `--allow-config-change` is given; then it is
   printed and recorded in the history.
 - Everything else (intervals, logging, the parallel layout) is free; the digest records it.
+A key the recorded config lacks was added to megadyt after the run began; the run trained
+under that key's default (every new key's default is the old behaviour), so it compares as
+its default and an upgrade resumes unhindered.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -26,6 +30,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
 from megadyt.parallel.distributed import from_rank0
 from megadyt.training.run.layout import RunDir
@@ -72,12 +77,21 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
+@functools.cache
+def _defaults() -> dict:
+    return Config().to_dict()
+
+
+def _recorded(saved: dict, section: str, key: str):
+    """`key` of a recorded config's `section`; its default if megadyt had no such key then."""
+    return saved[key] if key in saved else _defaults()[section].get(key)
+
+
 def model_changes(saved: dict, model: dict) -> Changes:
     """The `model` keys that differ between a saved run and this config (free keys ignored)."""
     keys = sorted((set(saved) | set(model)) - MODEL_FREE_KEYS)
-    return {
-        f"model.{k}": [saved.get(k), model.get(k)] for k in keys if saved.get(k) != model.get(k)
-    }
+    pairs = {k: [_recorded(saved, "model", k), model.get(k)] for k in keys}
+    return {f"model.{k}": pair for k, pair in pairs.items() if pair[0] != pair[1]}
 
 
 def schedule_changes(previous: dict, current: dict) -> Changes:
@@ -85,8 +99,8 @@ def schedule_changes(previous: dict, current: dict) -> Changes:
     for section, keys in SCHEDULE_KEYS.items():
         before, after = previous.get(section, {}), current.get(section, {})
         for key in keys:
-            if before.get(key) != after.get(key):
-                changes[f"{section}.{key}"] = [before.get(key), after.get(key)]
+            if _recorded(before, section, key) != after.get(key):
+                changes[f"{section}.{key}"] = [_recorded(before, section, key), after.get(key)]
     return changes
 
 
