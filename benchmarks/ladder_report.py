@@ -21,13 +21,19 @@ def _gap(loss: float, base: float) -> float:
 
 
 def add_gaps(rows: list[dict]) -> None:
-    """Each done row gets gap_vs_<baseline> (%) against the same budget and seed."""
-    losses = {(r["budget"], r["seed"], r["norm"]): r["valid_loss"] for r in rows}
+    """Each done row gets gap_vs_<baseline> (%) against the same budget and seed, and
+    gap_by_third_vs_<baseline> from the training losses of each third of the run."""
+    by_cell = {(r["budget"], r["seed"], r["norm"]): r for r in rows}
     for row in rows:
         for base in BASELINES:
-            other = losses.get((row["budget"], row["seed"], base))
-            if row["valid_loss"] is not None and other and row["norm"] != base:
-                row[f"gap_vs_{base}"] = _gap(row["valid_loss"], other)
+            other = by_cell.get((row["budget"], row["seed"], base))
+            if row["norm"] == base or other is None:
+                continue
+            if row["valid_loss"] is not None and other["valid_loss"]:
+                row[f"gap_vs_{base}"] = _gap(row["valid_loss"], other["valid_loss"])
+            mine, theirs = row.get("train_loss_by_third"), other.get("train_loss_by_third")
+            if mine and theirs:
+                row[f"gap_by_third_vs_{base}"] = [_gap(a, b) for a, b in zip(mine, theirs)]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -55,6 +61,10 @@ def summarize(rows: list[dict]) -> list[dict]:
             if gaps:
                 entry[f"gap_vs_{base}"] = _mean(gaps)
                 entry[f"gaps_vs_{base}"] = gaps
+            key = f"gap_by_third_vs_{base}"
+            thirds = [m[key] for m in members if key in m]
+            if thirds:
+                entry[key] = [_mean(list(t)) for t in zip(*thirds)]
         out.append(entry)
     return out
 
@@ -97,6 +107,7 @@ def markdown(summary: list[dict], verma: dict) -> str:
             _percent(e.get("regime/gate_saturated")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _thirds_table(summary)
     for base, score in verma.items():
         if score["cells"]:
             lines.append(
@@ -104,6 +115,27 @@ def markdown(summary: list[dict], verma: dict) -> str:
                 f"{score['right']} of {score['cells']} cells."
             )
     return "\n".join(lines)
+
+
+def _thirds_table(summary: list[dict]) -> list[str]:
+    """Each gap in each third of the runs (training loss, mean of the seeds' paired gaps):
+    whether a gap is there from the start or opens as the run goes on."""
+    rows = [e for e in summary if any(f"gap_by_third_vs_{b}" in e for b in BASELINES)]
+    if not rows:
+        return []
+    lines = [
+        "\nThrough the run (training loss, each third of the run; paired by seed):\n",
+        "| tokens/param | norm | vs RMSNorm: 1st / 2nd / 3rd "
+        "| vs RMSNorm+scalar: 1st / 2nd / 3rd |",
+        "|---:|---|---|---|",
+    ]
+    for e in rows:
+        thirds = [
+            " / ".join(_signed(g) for g in e.get(f"gap_by_third_vs_{base}", [])) or "–"
+            for base in BASELINES
+        ]
+        lines.append(f"| {e['tokens_per_param']:.2f} | {e['norm']} | {thirds[0]} | {thirds[1]} |")
+    return lines
 
 
 def _signed(value: float | None) -> str:

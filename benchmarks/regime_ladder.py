@@ -169,7 +169,7 @@ def _run_figures(run_dir: Path) -> dict:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return {}
-    diagnostic, last = {}, {}
+    diagnostic, last, losses = {}, {}, {}
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
@@ -180,11 +180,23 @@ def _run_figures(run_dir: Path) -> dict:
             diagnostic.update({k: v for k, v in record.items() if k.startswith("regime/")})
         elif "loss" in record:
             last = record
+            losses[record["step"]] = record["loss"]  # a rolled-back step's retry replaces it
     saturated = [v for k, v in last.items() if k.startswith("norm/saturated/")]
     final = {"final_gate_saturated": last.get("gate/saturated/mean")}
     if saturated:
         final["final_norm_saturated"] = sum(saturated) / len(saturated)
-    return {**diagnostic, **final}
+    return {**diagnostic, **final, "train_loss_by_third": _by_third(losses)}
+
+
+def _by_third(losses: dict[int, float]) -> list[float] | None:
+    """The mean logged training loss over each third of the logged steps (cells of one budget
+    log the same steps, and see the same batches per seed, so thirds pair across norms)."""
+    values = [losses[step] for step in sorted(losses)]
+    if len(values) < 3:
+        return None
+    third = len(values) // 3
+    parts = [values[:third], values[third : 2 * third], values[2 * third :]]
+    return [sum(part) / len(part) for part in parts]
 
 
 def prebuild_indices(cells: list[Cell]) -> None:
