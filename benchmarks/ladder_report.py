@@ -29,6 +29,8 @@ def add_gaps(rows: list[dict]) -> None:
             other = by_cell.get((row["budget"], row["seed"], base))
             if row["norm"] == base or other is None:
                 continue
+            if row["status"] != "done" or other["status"] != "done":
+                continue  # a partial run's thirds are not thirds of the same steps
             if row["valid_loss"] is not None and other["valid_loss"]:
                 row[f"gap_vs_{base}"] = _gap(row["valid_loss"], other["valid_loss"])
             mine, theirs = row.get("train_loss_by_third"), other.get("train_loss_by_third")

@@ -2,7 +2,7 @@
 
     python benchmarks/regime_ladder.py --budgets 0.3 1 3 10 \\
         --norms rmsnorm rmsnorm+scalar dyt derf --seeds 2023 2024 --output DIR \\
-        [--config FILE] [--parallel N] [--cache-dir data_cache] [--dry-run]
+        [--config FILE] [--parallel N] [--cache-dir data_cache] [--dry-run | --report-only]
 
 A cell is (budget, norm, seed); any single cell runs the same way (`--budgets 3 --norms dyt
 --seeds 2023`). Rerunning skips finished cells and resumes an interrupted one from its last
@@ -124,21 +124,27 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_one(cell: Cell, retry_failed: bool) -> dict:
-    """Train one cell (unless done) and return its row; the wall time is kept in cell.json."""
+def run_one(cell: Cell, retry_failed: bool, report_only: bool = False) -> dict:
+    """Train one cell (unless done) and return its row; the wall time is kept in cell.json.
+    `report_only`: train nothing; a cell without a result is reported as not run."""
     from megadyt.atomic import atomic_write_text
-    from megadyt.experiments.runner import run_cell
+    from megadyt.experiments.runner import CellResult, read_result, run_cell
 
     start = time.perf_counter()
-    result, ran = run_cell(
-        cell.config,
-        cell.overrides,
-        NORMS[cell.norm],
-        cell.seed,
-        cell.run_dir,
-        cell.steps,
-        retry_failed=retry_failed,
-    )
+    if report_only:
+        result = read_result(cell.run_dir)
+        result = result or CellResult(str(cell.run_dir), cell.seed, {}, "not run", None)
+        ran = False
+    else:
+        result, ran = run_cell(
+            cell.config,
+            cell.overrides,
+            NORMS[cell.norm],
+            cell.seed,
+            cell.run_dir,
+            cell.steps,
+            retry_failed=retry_failed,
+        )
     if ran:
         timing = {"wall_s": round(time.perf_counter() - start, 1), "threads": _threads()}
         atomic_write_text(cell.run_dir / CELL_FILE, json.dumps(timing))
@@ -157,7 +163,9 @@ def run_one(cell: Cell, retry_failed: bool) -> dict:
         **timing,
         **_run_figures(cell.run_dir),
     }
-    loss = "failed" if result.valid_loss is None else f"valid loss {result.valid_loss:.4f}"
+    loss = f"valid loss {result.valid_loss:.4f}"
+    if result.valid_loss is None:
+        loss = "not run" if result.status == "not run" else "failed"
     took = f" in {timing.get('wall_s', 0):.0f} s" if ran else " (already done)"
     with _PRINT:  # cells finish on several threads
         print(f"{cell.label}: {loss}{took}", flush=True)
@@ -245,6 +253,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--retry-failed", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="train nothing: write the reports from the cells already done",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -266,9 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {cell.label}: {cell.steps} steps, {cell.tokens:,} tokens", flush=True)
     if args.dry_run:
         return 0
-    prebuild_indices(cells)
-    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-        rows = list(pool.map(lambda c: run_one(c, args.retry_failed), cells))
+    if args.report_only:
+        rows = [run_one(c, args.retry_failed, report_only=True) for c in cells]
+    else:
+        prebuild_indices(cells)
+        with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+            rows = list(pool.map(lambda c: run_one(c, args.retry_failed), cells))
     wall = time.perf_counter() - start
     write_reports(Path(args.output), rows, vars(args), wall)
     return 0 if all(r["status"] == "done" for r in rows) else 1
