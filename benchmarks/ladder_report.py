@@ -9,9 +9,12 @@ fraction at the diagnostic step is at least 36%, and is right when the gap's sig
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections import defaultdict
 from pathlib import Path
+
+from machine import cpu_machine  # benchmarks/, next to this script
 
 BASELINES = ("rmsnorm", "rmsnorm+scalar")
 
@@ -191,6 +194,8 @@ def write_reports(output: Path, rows: list[dict], meta: dict, wall_s: float) -> 
     cells_wall = sum(r.get("wall_s", 0.0) for r in rows)
     record = {
         "meta": meta,
+        "machine": cpu_machine(),
+        "date": datetime.date.today().isoformat(),
         "wall_s_this_invocation": round(wall_s, 1),
         "wall_s_all_cells": round(cells_wall, 1),
         "cells": rows,

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import kernel_timing  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import norm_peers  # noqa: E402
 import norm_sweep  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 from megadyt.norms import (  # noqa: E402
     derf,
@@ -358,18 +359,8 @@ def appendix_c(device, timer, impls, passes, liger: str):
 # ------------------------------------------------------------------------------------ main
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
