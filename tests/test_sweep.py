@@ -16,6 +16,8 @@ from helpers import ROOT, clean_env
 from helpers import TINY as TINY_YAML
 
 from megadyt.cli.main import main
+from megadyt.errors import MegadytError
+from megadyt.experiments.runner import run_cell
 
 TINY = str(TINY_YAML)
 
@@ -161,3 +163,17 @@ def test_sweep_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
     again = _sweep(out)
     assert again.count("(already done)") == 2
     assert {p: (p / "train.log").stat().st_mtime_ns for p in (first, second)} == logs
+
+
+def test_a_cell_stopped_with_a_checkpoint_is_resumed_not_failed(tmp_path, monkeypatch):
+    """A stop request makes `megadyt train` save and exit 0 before the last step (as
+    train.stop_at_step does here): the cell gets no result, and the next run resumes it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    small = [s for s in SMALL if not s.startswith("train.steps=")]
+    run_dir = tmp_path / "cell"
+    with pytest.raises(MegadytError, match=r"stopped at step 5 of 10 .* rerun to resume"):
+        run_cell(TINY, [*small, "train.steps=10", "train.stop_at_step=5"], {}, 7, run_dir, 10)
+    assert not (run_dir / "result.json").exists()
+    result, ran = run_cell(TINY, [*small, "train.steps=10"], {}, 7, run_dir, 10)
+    assert ran and result.status == "done" and result.valid_loss > 0
+    assert f"resumed from {run_dir / 'checkpoints'}" in (run_dir / "train.log").read_text()

@@ -1,8 +1,9 @@
 """Run one training as a subprocess and read its final validation loss; resumable.
 
 A finished cell leaves `result.json` in its run dir and is skipped next time. A cell that was
-interrupted has no result: running it again resumes its training from its last checkpoint (the
-trainer does that by itself). A cell whose training fails (diverged, bad data) is recorded as
+interrupted (killed, or stopped early by a stop request that saved a checkpoint and exited 0)
+has no result: running it again resumes its training from its last checkpoint (the trainer
+does that by itself). A cell whose training fails (diverged, bad data) is recorded as
 failed, so a rerun does not repeat it unless asked to.
 """
 
@@ -120,6 +121,12 @@ def run_cell(
         ).returncode
     if code < 0 or code in (130, 137, 143):  # killed or interrupted: leave it resumable
         raise MegadytError(f"cell {run_dir} was interrupted (exit {code}); rerun to resume it")
+    saved = RunDir(run_dir).latest_step()
+    if code == 0 and saved < steps:  # a stop request (or stop_at_step) saved and exited 0
+        raise MegadytError(
+            f"cell {run_dir} stopped at step {saved} of {steps} with a checkpoint; rerun to "
+            "resume it"
+        )
     loss = final_valid_loss(run_dir, steps) if code == 0 else None
     if loss is None:
         detail = _last_line(log) if code else f"no validation loss at step {steps}"
