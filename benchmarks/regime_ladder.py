@@ -163,8 +163,9 @@ def run_one(cell: Cell, retry_failed: bool, report_only: bool = False) -> dict:
         **timing,
         **_run_figures(cell.run_dir),
     }
-    loss = f"valid loss {result.valid_loss:.4f}"
-    if result.valid_loss is None:
+    if result.valid_loss is not None:
+        loss = f"valid loss {result.valid_loss:.4f}"
+    else:
         loss = "not run" if result.status == "not run" else "failed"
     took = f" in {timing.get('wall_s', 0):.0f} s" if ran else " (already done)"
     with _PRINT:  # cells finish on several threads
