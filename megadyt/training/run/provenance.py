@@ -99,8 +99,9 @@ def schedule_changes(previous: dict, current: dict) -> Changes:
     for section, keys in SCHEDULE_KEYS.items():
         before, after = previous.get(section, {}), current.get(section, {})
         for key in keys:
-            if _recorded(before, section, key) != after.get(key):
-                changes[f"{section}.{key}"] = [_recorded(before, section, key), after.get(key)]
+            recorded = _recorded(before, section, key)
+            if recorded != after.get(key):
+                changes[f"{section}.{key}"] = [recorded, after.get(key)]
     return changes
 
 
