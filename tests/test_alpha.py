@@ -9,7 +9,7 @@ from helpers import CONFIGS
 from megadyt.config import load_config
 from megadyt.model import build_model
 from megadyt.norms import Derf, DyT, alpha0_for_width, resolve_alpha0
-from megadyt.parallel.distributed import destroy_distributed, init_distributed, seed_everything
+from megadyt.parallel.distributed import seed_everything
 
 # Paper Tables 10 and 11 (paper-facts.md): width -> (α₀ attention, α₀ FFN and final).
 PAPER_TABLE = {
@@ -84,13 +84,6 @@ def test_resolve_alpha0_honours_overrides():
 # ------------------------------------------------------------------ α₀ in a built model
 
 
-@pytest.fixture(scope="module")
-def distributed():
-    init_distributed(tp=1)
-    yield
-    destroy_distributed()
-
-
 def norm_alphas(model) -> dict[str, list[float]]:
     """α of every norm in the model, grouped by role (from the module's place in the model)."""
     roles: dict[str, list[float]] = {"attention": [], "ffn": [], "final": []}
@@ -131,7 +124,7 @@ SMALL_WIDE = [
     ],
     ids=["tiny-width-rule", "w1536-width-rule", "tiny-all-config", "w1536-final-config"],
 )
-def test_built_model_norms_have_resolved_alpha(distributed, norm, overrides):
+def test_built_model_norms_have_resolved_alpha(tp1_distributed, norm, overrides):
     cfg = load_config(CONFIGS / "tiny" / f"{norm}.yaml", overrides)
     m = cfg.model
     expected = resolve_alpha0(m.hidden_size, m.alpha0_attention, m.alpha0_ffn, m.alpha0_final)
@@ -163,7 +156,7 @@ def test_built_model_norms_have_resolved_alpha(distributed, norm, overrides):
         assert all(a > 1.0 for a in roles["attention"] + roles["ffn"] + roles["final"])
 
 
-def test_rmsnorm_model_has_no_alpha(distributed):
+def test_rmsnorm_model_has_no_alpha(tp1_distributed):
     cfg = load_config(CONFIGS / "tiny" / "rmsnorm.yaml")
     seed_everything(1)
     model = build_model(cfg)

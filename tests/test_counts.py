@@ -14,7 +14,7 @@ from megadyt.cli.main import main
 from megadyt.config import load_config
 from megadyt.model import build_model, count_parameters, norm_parameter_names
 from megadyt.norms.registry import has_embedding_scale
-from megadyt.parallel.distributed import destroy_distributed, init_distributed, seed_everything
+from megadyt.parallel.distributed import seed_everything
 
 # Published LLaMA parameter counts (paper-facts.md; Touvron et al.).
 PUBLISHED_RMSNORM = {
@@ -129,13 +129,6 @@ def test_presets_cover_every_size_and_norm():
 # ------------------------------------------------------------------ analytic vs real build
 
 
-@pytest.fixture(scope="module")
-def distributed():
-    init_distributed(tp=1)
-    yield
-    destroy_distributed()
-
-
 VARIANTS = [(path, ()) for path in TINY] + [
     (CONFIGS / "tiny" / "dyt.yaml", ("model.num_query_groups=2",)),
     (CONFIGS / "tiny" / "rmsnorm.yaml", ("model.num_query_groups=1",)),
@@ -151,7 +144,7 @@ VARIANTS = [(path, ()) for path in TINY] + [
     VARIANTS,
     ids=[f"{p.stem}{'+' + ','.join(o) if o else ''}" for p, o in VARIANTS],
 )
-def test_analytic_count_matches_real_build(distributed, path, overrides):
+def test_analytic_count_matches_real_build(tp1_distributed, path, overrides):
     cfg = load_config(path, list(overrides))
     seed_everything(1)
     model = build_model(cfg)
@@ -170,7 +163,7 @@ def test_analytic_count_matches_real_build(distributed, path, overrides):
 
 @pytest.mark.parametrize("norm", ["dyt", "derf"])
 @pytest.mark.parametrize("impl", ["auto", "reference", "compiled"])
-def test_norm_impl_reaches_every_norm_module(distributed, norm, impl):
+def test_norm_impl_reaches_every_norm_module(tp1_distributed, norm, impl):
     from megadyt.norms.registry import NORMS
 
     cfg = load_config(CONFIGS / "tiny" / f"{norm}.yaml", [f"model.norm_impl={impl}"])

@@ -20,7 +20,7 @@ from megadyt.model import build_model, count_parameters, norm_modules, norm_scal
 from megadyt.model.llama import block_spec, norm_spec
 from megadyt.norms import SquashingFunction, SquashingNorm, dispatch, fused_cpu, norm_entry
 from megadyt.norms.registry import NORMS, entry_of, has_embedding_scale, squashing_entry
-from megadyt.parallel.distributed import destroy_distributed, init_distributed, seed_everything
+from megadyt.parallel.distributed import seed_everything
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny"
 ROLES = ("attention", "ffn", "final")
@@ -145,18 +145,11 @@ def test_config_refuses_unknown_norm(capsys):
 # ---------------------------------------------------------------------------- norm_scalars
 
 
-@pytest.fixture(scope="module")
-def distributed():
-    init_distributed(tp=1)
-    yield
-    destroy_distributed()
-
-
 @pytest.mark.parametrize(
     "name,overrides",
     [("dyt", ()), ("derf", ()), ("rmsnorm", ()), ("rmsnorm", ("model.embedding_scale=on",))],
 )
-def test_norm_scalars(distributed, name, overrides):
+def test_norm_scalars(tp1_distributed, name, overrides):
     cfg = load_config(TINY / f"{name}.yaml", list(overrides))
     seed_everything(1)
     model = build_model(cfg)
@@ -201,7 +194,7 @@ def datan(monkeypatch):
     return entry
 
 
-def test_a_new_squashing_norm_needs_only_its_entry(distributed, datan):
+def test_a_new_squashing_norm_needs_only_its_entry(tp1_distributed, datan):
     """Spec, count, scalars, embedding scalar, the fused CPU path and its gradients, the
     saturation statistic and the Hugging Face modeling file all follow from the entry."""
     cfg = load_config(TINY / "dyt.yaml", ["model.norm_impl=compiled"])
