@@ -57,7 +57,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "valid_loss": _mean([m["valid_loss"] for m in members]),
             "valid_losses": [m["valid_loss"] for m in members],
         }
-        for key in ("regime/norm_saturated", "regime/gate_saturated"):
+        for key in ("regime/norm_saturated", "regime/gate_saturated", "copying_gain"):
             values = [m[key] for m in members if key in m]
             if values:
                 entry[key] = _mean(values)
@@ -98,8 +98,8 @@ def score_verma(rows: list[dict]) -> dict:
 def markdown(summary: list[dict], verma: dict) -> str:
     lines = [
         "| tokens/param | norm | seeds | valid loss | gap vs RMSNorm | gap vs RMSNorm+scalar "
-        "| saturated at diagnostic | gate saturated |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| saturated at diagnostic | gate saturated | copying gain |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in summary:
         cells = [
@@ -110,8 +110,13 @@ def markdown(summary: list[dict], verma: dict) -> str:
             *(_signed(e.get(f"gap_vs_{base}")) for base in BASELINES),
             _percent(e.get("regime/norm_saturated")),
             _percent(e.get("regime/gate_saturated")),
+            "" if "copying_gain" not in e else f"{e['copying_gain']:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append(
+        "\nCopying gain: loss on held-out text minus loss on its immediate repeat, in nats, at "
+        "the end of the run (about 0: no in-context copying)."
+    )
     lines += _thirds_table(summary)
     for base, score in verma.items():
         if score["cells"]:

@@ -25,9 +25,9 @@ The recipe is the config's (configs/tiny/<norm>.yaml unless --config), on builti
 - --parallel N runs N cells at once with cpus // N torch threads each.
 
 Writes DIR/ladder.json (every cell: norm, seed, budget, params, tokens, steps, final valid loss,
-wall time, the regime diagnostic, the final saturation and gate figures; the gaps; Verma's
-heuristic scored), DIR/ladder.md (the table) and DIR/ladder.png (the gap of each norm to each
-RMSNorm baseline against tokens per parameter).
+wall time, the regime diagnostic, the final saturation and gate figures, the copying probe of
+benchmarks/ladder_copying.py; the gaps; Verma's heuristic scored), DIR/ladder.md (the table)
+and DIR/ladder.png (the gap of each norm to each RMSNorm baseline against tokens per parameter).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder_report import write_reports  # benchmarks/, next to this script
+from ladder_copying import add_copying  # benchmarks/, next to this script
+from ladder_report import write_reports
 
 CORPUS = "builtin:pypackages"
 VALID_SEED = 1234
@@ -212,7 +213,6 @@ def prebuild_indices(cells: list[Cell]) -> None:
     """Build the corpus and megatron-core's index caches here, once per (steps, seed), through
     the trainer's own data code: cells running side by side would otherwise write the same
     cache files at the same time (megatron-core writes them in place)."""
-    from megadyt.experiments.grid import cell_config
     from megadyt.parallel.distributed import destroy_distributed, init_distributed
     from megadyt.training.data import build_train_valid
 
@@ -222,11 +222,16 @@ def prebuild_indices(cells: list[Cell]) -> None:
         for cell in cells:
             if (cell.steps, cell.seed) not in done:
                 done.add((cell.steps, cell.seed))
-                assignment = NORMS[cell.norm]
-                cfg = cell_config(cell.config, cell.overrides, assignment, cell.seed, "unused")
-                build_train_valid(cfg)
+                build_train_valid(config_of(cell))
     finally:
         destroy_distributed()
+
+
+def config_of(cell: Cell):
+    """The cell's validated Config (its run directory left out: nothing is written)."""
+    from megadyt.experiments.grid import cell_config
+
+    return cell_config(cell.config, cell.overrides, NORMS[cell.norm], cell.seed, "unused")
 
 
 def _threads() -> int:
@@ -285,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         prebuild_indices(cells)
         with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
             rows = list(pool.map(lambda c: run_one(c, args.retry_failed), cells))
+    add_copying(cells, rows, config_of)
     wall = time.perf_counter() - start
     write_reports(Path(args.output), rows, vars(args), wall)
     return 0 if all(r["status"] == "done" for r in rows) else 1
