@@ -40,7 +40,7 @@ def copying_score(model: torch.nn.Module, chunks: torch.Tensor, seq_length: int)
     The first reading's losses are those of the chunk on its own (attention is causal); the
     repeat's are scored from its SKIP-th token on, as the first reading's are.
     """
-    n, length = chunks.shape
+    length = chunks.shape[1]
     if length <= SKIP + 1 or 2 * length > seq_length:
         raise MegadytError(
             f"copying probe: chunks of {length} tokens do not fit: each is read twice, so "
