@@ -23,6 +23,8 @@ import torch
 
 def head_scores(model, chunks: torch.Tensor) -> list[dict]:
     """Per layer: lists over heads of previous-token score, induction score and logit spread."""
+    from megadyt.evaluation.copying import read_twice
+
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def keep_query_key(module, args, kwargs):  # megatron calls core_attention(q, k, v, mask, ...)
@@ -34,7 +36,7 @@ def head_scores(model, chunks: torch.Tensor) -> list[dict]:
         if name.endswith("self_attention.core_attention")
     ]
     length = chunks.shape[1]
-    tokens = torch.cat([chunks, chunks], dim=1)
+    tokens = read_twice(chunks)
     try:
         with torch.no_grad():
             model(tokens)
@@ -75,11 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     from megadyt.evaluation.loading import load_checkpoint_model
     from megadyt.training.data import build_train_valid
 
-    record = {}
+    record, chunks_of = {}, {}  # runs with one validation split share chunks
     for run in args.runs:
         model, cfg = load_checkpoint_model(run, "cpu", verify=False)
-        _, valid = build_train_valid(cfg)
-        layers = head_scores(model, held_out_chunks(valid, args.chunks, args.tokens))
+        seed = cfg.train.seed if cfg.data.valid_seed is None else None  # what picks the split
+        data = (repr(cfg.data), cfg.model.seq_length, seed)
+        if data not in chunks_of:
+            _, valid = build_train_valid(cfg)
+            chunks_of[data] = held_out_chunks(valid, args.chunks, args.tokens)
+        layers = head_scores(model, chunks_of[data])
         record[run] = layers
         print(run)
         for index, layer in enumerate(layers):

@@ -47,7 +47,7 @@ def copying_score(model: torch.nn.Module, chunks: torch.Tensor, seq_length: int)
             f"use {SKIP + 2} to {seq_length // 2} tokens (half the model's seq_length)"
         )
     device = next(model.parameters()).device
-    tokens = torch.cat([chunks, chunks], dim=1).to(device)
+    tokens = read_twice(chunks).to(device)
     with torch.no_grad():
         logits = model(tokens).float()
     log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
@@ -55,6 +55,11 @@ def copying_score(model: torch.nn.Module, chunks: torch.Tensor, seq_length: int)
     first = losses[:, SKIP - 1 : length - 1].mean().item()
     repeat = losses[:, length + SKIP - 1 :].mean().item()
     return CopyingScore(first, repeat)
+
+
+def read_twice(chunks: torch.Tensor) -> torch.Tensor:
+    """Each chunk followed at once by itself: [n, L] -> [n, 2L]."""
+    return torch.cat([chunks, chunks], dim=1)
 
 
 def held_out_chunks(valid_dataset, count: int, length: int) -> torch.Tensor:
