@@ -56,6 +56,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "seeds": [m["seed"] for m in members],
             "valid_loss": _mean([m["valid_loss"] for m in members]),
             "valid_losses": [m["valid_loss"] for m in members],
+            "alpha_calibration": members[0].get("alpha_calibration"),
         }
         for key in ("regime/norm_saturated", "regime/gate_saturated", "copying_gain"):
             values = [m[key] for m in members if key in m]
@@ -98,8 +99,8 @@ def score_verma(rows: list[dict]) -> dict:
 def markdown(summary: list[dict], verma: dict) -> str:
     lines = [
         "| tokens/param | norm | seeds | valid loss | gap vs RMSNorm | gap vs RMSNorm+scalar "
-        "| saturated at diagnostic | gate saturated | copying gain |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| saturated at diagnostic | gate saturated | copying gain | α calibration c |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in summary:
         cells = [
@@ -111,11 +112,13 @@ def markdown(summary: list[dict], verma: dict) -> str:
             _percent(e.get("regime/norm_saturated")),
             _percent(e.get("regime/gate_saturated")),
             "" if "copying_gain" not in e else f"{e['copying_gain']:.2f}",
+            " / ".join(f"{c:g}" for c in e["alpha_calibration"] or []),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(
         "\nCopying gain: loss on held-out text minus loss on its immediate repeat, in nats, at "
-        "the end of the run (about 0: no in-context copying)."
+        "the end of the run (about 0: no in-context copying). α calibration c: the constants "
+        "of the attention / other norms (α = c / std of the input), the run-length rule's."
     )
     lines += _thirds_table(summary)
     for base, score in verma.items():

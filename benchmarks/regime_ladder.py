@@ -57,6 +57,7 @@ NORMS = {
     "derf": {"model.norm": "derf"},
 }
 CELL_FILE = "cell.json"
+CALIBRATED = ("attention", "other")  # the roles whose c the report shows
 _PRINT = threading.Lock()
 
 
@@ -175,8 +176,9 @@ def run_one(cell: Cell, retry_failed: bool, report_only: bool = False) -> dict:
 
 
 def _run_figures(run_dir: Path) -> dict:
-    """The regime diagnostic and the last logged saturation/gate figures of a run."""
-    path = run_dir / "metrics.jsonl"
+    """The calibration constants, the regime diagnostic and the last logged saturation/gate
+    figures of a run."""
+    path, calibration = run_dir / "metrics.jsonl", _read_json(run_dir / "calibration.json")
     if not path.is_file():
         return {}
     diagnostic, last, losses = {}, {}, {}
@@ -195,6 +197,8 @@ def _run_figures(run_dir: Path) -> dict:
     final = {"final_gate_saturated": last.get("gate/saturated/mean")}
     if saturated:
         final["final_norm_saturated"] = sum(saturated) / len(saturated)
+    if calibration:  # the squashing norms' c (attention, other): the run-length rule's choice
+        final["alpha_calibration"] = [calibration[f"alpha_calibration_{r}"] for r in CALIBRATED]
     return {**diagnostic, **final, "train_loss_by_third": _by_third(losses)}
 
 

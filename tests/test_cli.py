@@ -69,7 +69,14 @@ def test_text_output_lists_counts(capsys):
 def test_info_says_which_alpha_init_applies(capsys):
     assert main(["info", "--config", TINY, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["alpha_init"] == {"mode": "calibrate", "attention": 2.0, "other": 1.0, "final": 1.0}
+    planned = 300 * 8 * 256 / info["params_total"]  # the tiny config: 0.33 tokens/param
+    assert info["alpha_init"] == {
+        "mode": "calibrate",
+        "attention": 2.0,
+        "other": 1.0,
+        "final": 1.0,
+        "source": f"run-length rule, {planned:.3g} tokens/param planned",
+    }
     assert info["init_std"]["value"] == pytest.approx(128**-0.5)
     assert main(["info", "--config", TINY, "--set", "model.alpha_init=rule"]) == 0
     assert "rule: α starts at α₀" in capsys.readouterr().out

@@ -337,6 +337,7 @@ def test_init_std_auto_is_one_over_sqrt_width_and_a_number_overrides():
         ("model.alpha_init=guess", "model.alpha_init"),
         ("model.alpha_calibration_attention=0", "model.alpha_calibration_attention must be"),
         ("model.alpha_calibration_other=-1", "model.alpha_calibration_other must be"),
+        ("model.alpha_calibration_other=big", "model.alpha_calibration_other"),
         ("model.alpha_calibration_final=0", "model.alpha_calibration_final must be"),
         ("train.saturation_patience=0", "train.saturation_patience must be positive"),
     ],

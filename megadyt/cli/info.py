@@ -10,6 +10,7 @@ from megadyt.config import Config, load_config
 from megadyt.model.counting import count_parameters
 from megadyt.norms import resolve_alpha0
 from megadyt.norms.registry import has_embedding_scale, norm_entry
+from megadyt.training.calibrate import calibration_constants
 
 HELP = "print model shape and exact parameter counts (no weights are allocated)"
 
@@ -58,10 +59,12 @@ def model_info(cfg: Config) -> dict:
         }
         info["alpha_init"] = {"mode": m.alpha_init}
         if m.alpha_init == "calibrate":
+            constants = calibration_constants(cfg)
             info["alpha_init"].update(
-                attention=m.alpha_calibration_attention,
-                other=m.alpha_calibration_other,
-                final=m.alpha_calibration_final or m.alpha_calibration_other,
+                attention=constants.attention,
+                other=constants.other,
+                final=constants.final,
+                source=constants.source,
             )
     return info
 
@@ -74,8 +77,9 @@ def _describe(key: str, value) -> str:
     if key == "alpha_init" and value["mode"] == "calibrate":
         return (
             f"calibrate: at the start of a fresh run α = {value['attention']:g}/std(input) for "
-            f"attention norms, {value['other']:g}/std(input) for FFN and final norms (α₀ above "
-            "is only the value before calibration)"
+            f"attention norms, {value['other']:g}/std(input) for FFN norms and "
+            f"{value['final']:g}/std(input) for the final norm ({value['source']}; α₀ above is "
+            "only the value before calibration)"
         )
     if key == "alpha_init":
         return "rule: α starts at α₀ above"

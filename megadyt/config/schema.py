@@ -48,11 +48,13 @@ class ModelConfig:
     # alpha0_* overrides). "calibrate": one forward pass over the first micro-batch before
     # training sets each norm's α = c / std(its input), in forward order, with c =
     # alpha_calibration_attention for attention norms, alpha_calibration_other for FFN norms
-    # and alpha_calibration_final (default: the same as other) for the final norm. A resumed
-    # run keeps its checkpointed α. RMSNorm ignores them.
+    # and alpha_calibration_final (default: the same as other) for the final norm. "auto": the
+    # run-length rule (megadyt.norms.alpha), 2 / 1 for runs planned below 2 tokens per
+    # parameter and 1 / 0.5 from there on. A resumed run keeps its checkpointed α. RMSNorm
+    # ignores them.
     alpha_init: Literal["rule", "calibrate"] = "calibrate"
-    alpha_calibration_attention: float = 2.0
-    alpha_calibration_other: float = 1.0
+    alpha_calibration_attention: float | Literal["auto"] = "auto"
+    alpha_calibration_other: float | Literal["auto"] = "auto"
     alpha_calibration_final: float | None = None
     derf_shift_init: float = 0.0  # s0 of Derf (the paper: 0)
     norm_bias: bool = False  # β in DyT/Derf; the paper's LLaMA code has none

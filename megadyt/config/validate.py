@@ -81,11 +81,15 @@ def _check_model_values(m: ModelConfig) -> None:
     ):
         _require(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}")
     _require(m.kv_heads > 0, f"model.num_query_groups must be positive, got {m.kv_heads}")
-    alpha_keys = ["alpha0_attention", "alpha0_ffn", "alpha0_final"]
-    alpha_keys += [f"alpha_calibration_{role}" for role in ("attention", "other", "final")]
+    alpha_keys = ["alpha0_attention", "alpha0_ffn", "alpha0_final", "alpha_calibration_final"]
     for key in alpha_keys:
         value = getattr(m, key)
         _require(value is None or value > 0, f"model.{key} must be positive, got {value}")
+    for key in ("alpha_calibration_attention", "alpha_calibration_other"):
+        value = getattr(m, key)
+        _require(
+            value == "auto" or value > 0, f"model.{key} must be positive or 'auto', got {value}"
+        )
     _require(
         m.init_std == "auto" or m.init_std > 0,
         f"model.init_std must be positive or 'auto', got {m.init_std}",

@@ -7,6 +7,10 @@ Below the narrowest row (1024) we extrapolate as α₀ ∝ 1/width from that row
 table's own FFN column from 1024 to 2048 -- because clamping to the 1024 row was measured to make
 DyT 36% worse than RMSNorm at width 256 (docs/dyt-at-small-scale.md). Above the widest
 row (8192) we hold the 8192 values: the table gives no trend to extrapolate safely.
+
+Narrow models calibrate α instead (`model.alpha_init: calibrate`, α = c / std of the norm's
+input), and the constant c depends on how long the run is planned to be: the run-length rule
+below, measured on the tiny twins (docs/regime.md).
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ PAPER_ALPHA0_TABLE: dict[int, tuple[float, float]] = {
 }
 
 ROLES = ("attention", "ffn", "final")
+
+# The calibration constants c (attention norms, other norms) by planned tokens per parameter.
+# A smaller α costs short runs (+1.7% valid loss at 0.3 tokens/param on four seeds) and lets
+# long ones learn in-context copying, which the larger α blocks (-1.1% at 3, -9.3% at 10). At 1
+# the two are equal (-0.4% and -0.0% on two seed pairs), so the switch lies between 1 and 3.
+SHORT_RUN_CALIBRATION = (2.0, 1.0)
+LONG_RUN_CALIBRATION = (1.0, 0.5)
+LONG_RUN_FROM_TOKENS_PER_PARAM = 2.0
 
 
 def _geometric(width: int, lo: int, hi: int, a_lo: float, a_hi: float) -> float:
@@ -75,3 +87,11 @@ def resolve_alpha0(
     values = {r: chosen[r] if chosen[r] is not None else rule[r] for r in ROLES}
     sources = {r: "config" if chosen[r] is not None else "width rule" for r in ROLES}
     return Alpha0(sources=sources, **values)
+
+
+def calibration_for_run_length(tokens_per_param: float) -> tuple[float, float]:
+    """Return the calibration constants (c attention, c other) for a run planned to train
+    `tokens_per_param` tokens per parameter: the run-length rule above."""
+    if tokens_per_param >= LONG_RUN_FROM_TOKENS_PER_PARAM:
+        return LONG_RUN_CALIBRATION
+    return SHORT_RUN_CALIBRATION

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SMALL_TRAINING, train_small
+from helpers import SMALL_TRAINING, small_config, train_small
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megadyt.errors import MegadytError
+from megadyt.model.counting import count_parameters
 from megadyt.norms import Derf, DyT
 from megadyt.norms.calibration import MATCH_CONSTANTS, calibrate_alpha, match_alpha
 from megadyt.parallel.testing import run_distributed
+from megadyt.training.calibrate import calibration_constants
 
 H = 16
 
@@ -132,6 +134,8 @@ def test_every_layout_calibrates_to_identical_alpha(tmp_path, norm):
         layouts=[
             [*common, f"run.dir={tmp_path}/tp1", "parallel.zero_stage=0"],
             [*common, f"run.dir={tmp_path}/final", "model.alpha_calibration_final=0.25"],
+            # planned long enough for the run-length rule's long-run constants; stops at once
+            [*common, f"run.dir={tmp_path}/long", *_planned_steps(2.0), "train.stop_at_step=1"],
         ],
     )
     run_distributed(
@@ -158,6 +162,41 @@ def test_every_layout_calibrates_to_identical_alpha(tmp_path, norm):
     final, _ = _alphas(tmp_path / "final")
     assert final[:-1] == reference[:-1]
     assert final[-1][1] == pytest.approx(0.25 * reference[-1][1], rel=1e-6)
+    # a run planned long: every α is c / std of its input with the long-run constants
+    recorded = json.loads((tmp_path / "long" / "calibration.json").read_text())
+    for record in recorded["norms"]:
+        c = 1.0 if record["name"].endswith("attention") else 0.5
+        assert record["alpha"] == pytest.approx(c / record["input_std"], rel=5e-3), record
+    assert recorded["alpha_calibration_attention"] == 1.0
+    assert recorded["alpha_calibration_other"] == recorded["alpha_calibration_final"] == 0.5
+    assert recorded["constants_from"].startswith("run-length rule, 2")
+
+
+def _planned_steps(tokens_per_param: float, shortfall: int = 0) -> list[str]:
+    """train.steps for the first step count that plans `tokens_per_param` on SMALL, less
+    `shortfall` steps, as an override."""
+    cfg = small_config([], SMALL)
+    tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
+    steps = math.ceil(tokens_per_param * count_parameters(cfg.model).total / tokens_per_step)
+    return [f"train.steps={steps - shortfall}"]
+
+
+def test_auto_constants_follow_the_planned_run_length():
+    """ "auto" is 2 / 1 below 2 planned tokens per parameter and 1 / 0.5 from 2 on; a number
+    set in the config wins for its role only, and the final norm follows the FFN norms."""
+
+    def constants(*overrides: str):
+        c = calibration_constants(small_config(list(overrides), SMALL))
+        return (c.attention, c.other, c.final), c.source
+
+    assert constants(*_planned_steps(2.0, shortfall=1))[0] == (2.0, 1.0, 1.0)
+    long, source = constants(*_planned_steps(2.0))
+    assert long == (1.0, 0.5, 0.5)
+    assert source.startswith("run-length rule, 2")
+    assert constants(*_planned_steps(10), "model.alpha_calibration_attention=3")[0] == (3, 0.5, 0.5)
+    assert constants("model.alpha_calibration_final=0.25")[0] == (2.0, 1.0, 0.25)
+    both = constants("model.alpha_calibration_attention=4", "model.alpha_calibration_other=3")
+    assert both == ((4.0, 3.0, 3.0), "config")
 
 
 def _resume(rank: int, world_size: int, run_dir: str) -> None:
