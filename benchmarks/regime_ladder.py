@@ -87,6 +87,7 @@ def plan_cells(args: argparse.Namespace) -> list[Cell]:
     """Every cell, its config loaded and validated (one-line errors before anything runs)."""
     from megadyt.config import load_config
     from megadyt.experiments.grid import cell_config
+    from megadyt.experiments.runner import refuse_stale_result
     from megadyt.model.counting import count_parameters
 
     base = load_config(_config_for("rmsnorm", args.config), ["model.norm=rmsnorm"])
@@ -114,6 +115,8 @@ def plan_cells(args: argparse.Namespace) -> list[Cell]:
                 run_dir = Path(args.output).resolve() / f"b{budget:g}" / norm / f"seed-{seed}"
                 overrides = [*common, f"run.name=b{budget:g}-{norm}-{seed}"]
                 cfg = cell_config(config, overrides, NORMS[norm], seed, str(run_dir))
+                if not args.report_only:
+                    refuse_stale_result(run_dir, cfg)
                 params = count_parameters(cfg.model).total
                 tokens = steps * tokens_per_step
                 cells.append(

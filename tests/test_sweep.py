@@ -17,7 +17,9 @@ from helpers import TINY as TINY_YAML
 
 from megadyt.cli.main import main
 from megadyt.errors import MegadytError
-from megadyt.experiments.runner import run_cell
+from megadyt.experiments.grid import cell_config, cell_name
+from megadyt.experiments.runner import CellResult, run_cell
+from megadyt.training.run.layout import RunDir
 
 TINY = str(TINY_YAML)
 
@@ -63,6 +65,36 @@ def test_output_of_another_sweep_is_refused(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "holds a sweep of /elsewhere.yaml" in err and "another --output" in err
     assert sorted(p.name for p in out.iterdir()) == ["spec.json"]  # nothing trained
+
+
+def _finished_cell(out: Path, assignment: dict[str, str], *trained_with: str) -> Path:
+    """A cell of `out` with a done result, recorded as trained under the planned config plus
+    `trained_with` (as `megadyt train` records it)."""
+    run_dir = out / cell_name(assignment) / "seed-2023"
+    cfg = cell_config(TINY, list(trained_with), assignment, 2023, str(run_dir))
+    RunDir(run_dir).write_config(cfg.to_dict())
+    result = CellResult(str(run_dir), 2023, assignment, "done", 4.25)
+    (run_dir / "result.json").write_text(json.dumps(result.to_dict()))
+    return run_dir
+
+
+def test_a_result_trained_with_another_config_is_refused(capsys, tmp_path):
+    """A finished cell is reused only for the config it was trained with: one trained before
+    a default or the YAML changed is refused before anything runs. How it was computed (the
+    attention implementation) does not count."""
+    argv = ["sweep", "--config", TINY, "--grid", "model.alpha0_ffn=1", "--output"]
+    assignment = {"model.alpha0_ffn": "1"}
+    _finished_cell(tmp_path / "stale", assignment, "model.alpha_calibration_attention=2")
+    assert main([*argv, str(tmp_path / "stale")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds a result trained with another config" in err and "\n" not in err, err
+    assert "model.alpha_calibration_attention=2.0 there vs 'auto' here" in err, err
+    assert not (tmp_path / "stale" / "spec.json").exists()  # refused at planning
+
+    _finished_cell(tmp_path / "same", assignment, "model.attention_impl=local")
+    assert main([*argv, str(tmp_path / "same")]) == 0  # nothing to train: the result stands
+    summary = json.loads((tmp_path / "same" / "sweep.json").read_text())
+    assert "4.25" in json.dumps(summary), summary
 
 
 SMALL = [

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megadyt.atomic import atomic_write_text
+from megadyt.config.schema import Config
 from megadyt.errors import MegadytError
 from megadyt.training.run.layout import RunDir
+from megadyt.training.run.provenance import describe, result_changes
 
 RESULT_FILE = "result.json"
 LOG_FILE = "train.log"
@@ -78,6 +80,21 @@ def read_result(run_dir: Path) -> CellResult | None:
     if not path.is_file():
         return None
     return CellResult(**json.loads(path.read_text()))
+
+
+def refuse_stale_result(run_dir: Path, cfg: Config) -> None:
+    """A cell's result stands for the config it was trained with. One trained under another
+    (an edited YAML, a changed default) is refused before anything runs, not reported as
+    this config's result."""
+    recorded = RunDir(run_dir).read_config()
+    if read_result(run_dir) is None or not recorded:
+        return
+    changes = result_changes(recorded, cfg.to_dict())
+    if changes:
+        raise MegadytError(
+            f"{run_dir} holds a result trained with another config ({describe(changes)}); "
+            "delete that cell to retrain it, or use another --output"
+        )
 
 
 def _last_line(log: Path) -> str:

@@ -19,7 +19,7 @@ from megadyt.config import load_config
 from megadyt.errors import MegadytError
 from megadyt.experiments import report
 from megadyt.experiments.grid import GridAxis, assignments, cell_config, cell_name
-from megadyt.experiments.runner import CellResult, run_cell
+from megadyt.experiments.runner import CellResult, refuse_stale_result, run_cell
 
 SPEC_FILE = "spec.json"
 
@@ -36,12 +36,14 @@ class SweepPlan:
     cells: list[tuple[dict[str, str], int, Path, int]] = field(default_factory=list)
 
     def _validated_cells(self) -> list[tuple[dict[str, str], int, Path, int]]:
-        """Every cell, each config loaded and validated once (one-line errors)."""
+        """Every cell, each config loaded and validated once, and any result it already has
+        checked against it (one-line errors)."""
         out = []
         for assignment in assignments(self.axes):
             for seed in self.seeds:
                 run_dir = self.output / cell_name(assignment) / f"seed-{seed}"
                 cfg = cell_config(self.config, self.overrides, assignment, seed, str(run_dir))
+                refuse_stale_result(run_dir, cfg)
                 out.append((assignment, seed, run_dir, cfg.train.steps))
         return out
 

@@ -87,9 +87,10 @@ def _recorded(saved: dict, section: str, key: str):
     return saved[key] if key in saved else _defaults()[section].get(key)
 
 
-def model_changes(saved: dict, model: dict) -> Changes:
-    """The `model` keys that differ between a saved run and this config (free keys ignored)."""
-    keys = sorted((set(saved) | set(model)) - MODEL_FREE_KEYS)
+def model_changes(saved: dict, model: dict, ignored: frozenset = MODEL_FREE_KEYS) -> Changes:
+    """The `model` keys that differ between a saved run and this config (`ignored` keys, by
+    default the free ones, left out)."""
+    keys = sorted((set(saved) | set(model)) - ignored)
     pairs = {k: [_recorded(saved, "model", k), model.get(k)] for k in keys}
     return {f"model.{k}": pair for k, pair in pairs.items() if pair[0] != pair[1]}
 
@@ -103,6 +104,16 @@ def schedule_changes(previous: dict, current: dict) -> Changes:
             if recorded != after.get(key):
                 changes[f"{section}.{key}"] = [recorded, after.get(key)]
     return changes
+
+
+def result_changes(saved: dict, config: dict) -> Changes:
+    """What differs between a finished run's recorded config and `config` that can change the
+    run's result: the model, its initialisation included, and the schedule."""
+    before, after = saved.get("model", {}), config.get("model", {})
+    return {
+        **model_changes(before, after, ignored=EXECUTION_ONLY_MODEL_KEYS),
+        **schedule_changes(saved, config),
+    }
 
 
 def describe(changes: Changes, limit: int = 3) -> str:
