@@ -118,7 +118,7 @@ def markdown(summary: list[dict], verma: dict) -> str:
     lines.append(
         "\nCopying gain: loss on held-out text minus loss on its immediate repeat, in nats, at "
         "the end of the run (about 0: no in-context copying). α calibration c: the constants "
-        "of the attention / other norms (α = c / std of the input), the run-length rule's."
+        "the run used for its attention / other norms (α = c / std of the input)."
     )
     lines += _thirds_table(summary)
     for base, score in verma.items():
