@@ -182,7 +182,7 @@ def _planned_steps(tokens_per_param: float, shortfall: int = 0) -> list[str]:
 
 
 def test_auto_constants_follow_the_planned_run_length():
-    """ "auto" is 2 / 1 below 2 planned tokens per parameter and 1 / 0.5 from 2 on; a number
+    """`auto` is 2 / 1 below 2 planned tokens per parameter and 1 / 0.5 from 2 on; a number
     set in the config wins for its role only, and the final norm follows the FFN norms."""
 
     def constants(*overrides: str):
