@@ -31,8 +31,8 @@ ROLES = ("attention", "ffn", "final")
 
 # The calibration constants c (attention norms, other norms) by planned tokens per parameter.
 # A smaller α costs short runs (+1.7% valid loss at 0.3 tokens/param on four seeds) and lets
-# long ones learn in-context copying, which the larger α blocks (-1.1% at 3, -9.3% at 10). At 1
-# the two are equal (-0.4% and -0.0% on two seed pairs), so the switch lies between 1 and 3.
+# long ones learn in-context copying, which the larger α blocks (-0.7% at 2, -1.1% at 3, -9.3%
+# at 10). At 1 the two are equal (-0.4% and -0.0% on two seed pairs): the switch lies in 1..2.
 SHORT_RUN_CALIBRATION = (2.0, 1.0)
 LONG_RUN_CALIBRATION = (1.0, 0.5)
 LONG_RUN_FROM_TOKENS_PER_PARAM = 2.0
