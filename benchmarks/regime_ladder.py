@@ -91,7 +91,7 @@ def plan_cells(args: argparse.Namespace) -> list[Cell]:
     from megadyt.model.counting import count_parameters
 
     base = load_config(_config_for("rmsnorm", args.config), ["model.norm=rmsnorm"])
-    tokens_per_step = base.train.global_batch_size * base.model.seq_length
+    tokens_per_step = base.tokens_per_step
     baseline_params = count_parameters(base.model).total
     cells = []
     for budget in args.budgets:

@@ -41,7 +41,7 @@ def model_info(cfg: Config) -> dict:
         "seq_length": m.seq_length,
         "micro_batch_size": cfg.train.micro_batch_size,
         "global_batch_size": cfg.train.global_batch_size,
-        "tokens_per_step": cfg.train.global_batch_size * m.seq_length,
+        "tokens_per_step": cfg.tokens_per_step,
         "embedding_scale": has_embedding_scale(m),
         "init_std": {
             "value": m.resolved_init_std,

@@ -233,5 +233,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step trains on: the global batch of full sequences."""
+        return self.train.global_batch_size * self.model.seq_length
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

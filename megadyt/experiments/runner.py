@@ -86,10 +86,10 @@ def refuse_stale_result(run_dir: Path, cfg: Config) -> None:
     """A cell's result stands for the config it was trained with. One trained under another
     (an edited YAML, a changed default) is refused before anything runs, not reported as
     this config's result."""
-    recorded = RunDir(run_dir).read_config()
-    if read_result(run_dir) is None or not recorded:
+    if read_result(run_dir) is None:
         return
-    changes = result_changes(recorded, cfg.to_dict())
+    recorded = RunDir(run_dir).read_config()
+    changes = result_changes(recorded, cfg.to_dict()) if recorded else {}
     if changes:
         raise MegadytError(
             f"{run_dir} holds a result trained with another config ({describe(changes)}); "

@@ -130,7 +130,7 @@ def make_plan(
     on_gpu = device == "gpu"
     bf16 = t.precision == "bf16" or (t.precision == "auto" and on_gpu)
     mem = memory_breakdown(cfg, dp, bf16=bf16, on_gpu=on_gpu)
-    tokens_per_step = t.global_batch_size * m.seq_length
+    tokens_per_step = cfg.tokens_per_step
     flops_step = flops_per_token(cfg.model) * tokens_per_step
     peak = peak_tflops or t.peak_tflops or DEFAULT_PEAK_TFLOPS
     step_time = flops_step / (world * peak * 1e12 * mfu)

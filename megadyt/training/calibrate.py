@@ -34,8 +34,7 @@ def wants_calibration(cfg: Config) -> bool:
 
 def planned_tokens_per_param(cfg: Config) -> float:
     """Tokens the run will train on (train.steps full batches) per parameter of the model."""
-    tokens = cfg.train.steps * cfg.train.global_batch_size * cfg.model.seq_length
-    return tokens / count_parameters(cfg.model).total
+    return cfg.train.steps * cfg.tokens_per_step / count_parameters(cfg.model).total
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,6 @@ def calibrate_model(
     of each norm's input with the config's constants, or (`match_rmsnorm`, for a model
     converted from RMSNorm) with each norm's c fitted to the RMSNorm it replaces."""
     batch = collate(train_data, range(cfg.train.micro_batch_size))
-    constants = calibration_constants(cfg)
     group = parallel_state.get_tensor_model_parallel_group() if cfg.parallel.sp else None
     was_training = model.training
     model.eval()
@@ -81,7 +79,7 @@ def calibrate_model(
     try:
         if match_rmsnorm:
             return match_alpha(norms, forward, cfg.model.norm_eps, group)
-        return calibrate_alpha(norms, forward, constants.for_role, group)
+        return calibrate_alpha(norms, forward, calibration_constants(cfg).for_role, group)
     finally:
         model.train(was_training)
 

@@ -151,7 +151,7 @@ class MetricsProcessor:
     def __init__(
         self, cfg: Config, world_size: int, clock: Callable[[], float] = time.perf_counter
     ) -> None:
-        self.tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
+        self.tokens_per_step = cfg.tokens_per_step
         self.flops_per_token = flops_per_token(cfg.model)
         self.peak_tflops = peak_tflops(cfg)
         self.world_size = world_size
