@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ladder_copying import add_copying  # benchmarks/, next to this script
+from ladder_figures import read_json, run_figures
 from ladder_report import write_reports
 
 CORPUS = "builtin:pypackages"
@@ -57,7 +58,6 @@ NORMS = {
     "derf": {"model.norm": "derf"},
 }
 CELL_FILE = "cell.json"
-CALIBRATED = ("attention", "other")  # the roles whose c the report shows
 _PRINT = threading.Lock()
 
 
@@ -125,10 +125,6 @@ def plan_cells(args: argparse.Namespace) -> list[Cell]:
     return cells
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def run_one(cell: Cell, retry_failed: bool, report_only: bool = False) -> dict:
     """Train one cell (unless done) and return its row; the wall time is kept in cell.json.
     `report_only`: train nothing; a cell without a result is reported as not run."""
@@ -153,7 +149,7 @@ def run_one(cell: Cell, retry_failed: bool, report_only: bool = False) -> dict:
     if ran:
         timing = {"wall_s": round(time.perf_counter() - start, 1), "threads": _threads()}
         atomic_write_text(cell.run_dir / CELL_FILE, json.dumps(timing))
-    timing = _read_json(cell.run_dir / CELL_FILE) or {}
+    timing = read_json(cell.run_dir / CELL_FILE) or {}
     row = {
         "budget": cell.budget,
         "norm": cell.norm,
@@ -166,7 +162,7 @@ def run_one(cell: Cell, retry_failed: bool, report_only: bool = False) -> dict:
         "valid_loss": result.valid_loss,
         "detail": result.detail,
         **timing,
-        **_run_figures(cell.run_dir),
+        **run_figures(cell.run_dir),
     }
     if result.valid_loss is not None:
         loss = f"valid loss {result.valid_loss:.4f}"
@@ -176,44 +172,6 @@ def run_one(cell: Cell, retry_failed: bool, report_only: bool = False) -> dict:
     with _PRINT:  # cells finish on several threads
         print(f"{cell.label}: {loss}{took}", flush=True)
     return row
-
-
-def _run_figures(run_dir: Path) -> dict:
-    """The calibration constants, the regime diagnostic and the last logged saturation/gate
-    figures of a run."""
-    path, calibration = run_dir / "metrics.jsonl", _read_json(run_dir / "calibration.json")
-    if not path.is_file():
-        return {}
-    diagnostic, last, losses = {}, {}, {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("event") == "regime_diagnostic":
-            diagnostic = {"diagnostic_step": record["step"]}
-            diagnostic.update({k: v for k, v in record.items() if k.startswith("regime/")})
-        elif "loss" in record:
-            last = record
-            losses[record["step"]] = record["loss"]  # a rolled-back step's retry replaces it
-    saturated = [v for k, v in last.items() if k.startswith("norm/saturated/")]
-    final = {"final_gate_saturated": last.get("gate/saturated/mean")}
-    if saturated:
-        final["final_norm_saturated"] = sum(saturated) / len(saturated)
-    if calibration:  # the squashing norms' c (attention, other): the run-length rule's choice
-        final["alpha_calibration"] = [calibration[f"alpha_calibration_{r}"] for r in CALIBRATED]
-    return {**diagnostic, **final, "train_loss_by_third": _by_third(losses)}
-
-
-def _by_third(losses: dict[int, float]) -> list[float] | None:
-    """The mean logged training loss over each third of the logged steps (cells of one budget
-    log the same steps, and see the same batches per seed, so thirds pair across norms)."""
-    values = [losses[step] for step in sorted(losses)]
-    if len(values) < 3:
-        return None
-    third = len(values) // 3
-    parts = [values[:third], values[third : 2 * third], values[2 * third :]]
-    return [sum(part) / len(part) for part in parts]
 
 
 def prebuild_indices(cells: list[Cell]) -> None:
