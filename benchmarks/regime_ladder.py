@@ -199,6 +199,15 @@ def config_of(cell: Cell):
     return cell_config(cell.config, cell.overrides, NORMS[cell.norm], cell.seed, "unused")
 
 
+def corpus_dir() -> str:
+    """The directory `builtin:pypackages` resolves to here. Its name is a digest of the installed
+    packages' versions, which megadyt does not pin: a venv made on a later day can read other
+    versions, build another corpus and move every cell's loss by seed-noise size."""
+    from megadyt.data.builtin.resolve import builtin_part
+
+    return builtin_part(CORPUS)[0].tag()
+
+
 def _threads() -> int:
     return int(os.environ.get("OMP_NUM_THREADS", "0")) or len(os.sched_getaffinity(0))
 
@@ -257,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = list(pool.map(lambda c: run_one(c, args.retry_failed), cells))
     add_copying(cells, rows, config_of)
     wall = time.perf_counter() - start
-    write_reports(Path(args.output), rows, vars(args), wall)
+    write_reports(Path(args.output), rows, {**vars(args), "corpus": corpus_dir()}, wall)
     return 0 if all(r["status"] == "done" for r in rows) else 1
 
 

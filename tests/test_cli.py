@@ -84,6 +84,19 @@ def test_info_says_which_alpha_init_applies(capsys):
     assert "α = 2/std(input) for attention norms" in capsys.readouterr().out
 
 
+def test_info_says_which_parameters_weight_decay_reaches(capsys):
+    assert main(["info", "--config", TINY, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["weight_decay"] == {"value": 0.1, "norm_params": False, "norm_scalars": False}
+    for overrides, needle in [
+        ([], "the norms' parameters and any embedding scalar spared"),
+        (["train.decay_norm_params=true"], "the norms' parameters and any embedding scalar too"),
+        (["train.decay_norm_params=true", "train.decay_norm_scalars=false"], "α and s spared"),
+    ]:
+        assert main(["info", "--config", TINY, *[f"--set={o}" for o in overrides]]) == 0
+        assert needle in capsys.readouterr().out, overrides
+
+
 def test_subprocess_bad_config_and_debug():
     """A real process: exit 2 and one stderr line; with --debug, a traceback and non-zero exit."""
     args, needle = BAD_CASES["bad-literal"]

@@ -50,6 +50,11 @@ def model_info(cfg: Config) -> dict:
         "tp": cfg.parallel.tp,
         "sp": cfg.parallel.sp,
         "zero_stage": cfg.parallel.zero_stage,
+        "weight_decay": {
+            "value": cfg.train.weight_decay,
+            "norm_params": cfg.train.decay_norm_params,
+            "norm_scalars": cfg.train.decay_norm_params and cfg.train.decay_norm_scalars,
+        },
     }
     if norm_entry(m.norm).squashing:  # α₀ and its initialisation exist only for these
         alpha = resolve_alpha0(m.hidden_size, m.alpha0_attention, m.alpha0_ffn, m.alpha0_final)
@@ -83,9 +88,19 @@ def _describe(key: str, value) -> str:
         )
     if key == "alpha_init":
         return "rule: α starts at α₀ above"
+    if key == "weight_decay":
+        return f"{value['value']:g} on the weight matrices; " + _decayed_norm_params(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
         return f"{value:,}"
     return str(value)
+
+
+def _decayed_norm_params(value: dict) -> str:
+    if not value["norm_params"]:
+        return "the norms' parameters and any embedding scalar spared (train.decay_norm_params)"
+    if not value["norm_scalars"]:
+        return "γ, β and any embedding scalar too; α and s spared (train.decay_norm_scalars)"
+    return "the norms' parameters and any embedding scalar too (train.decay_norm_params)"
 
 
 def run(args: argparse.Namespace) -> int:

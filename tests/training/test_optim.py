@@ -30,7 +30,9 @@ def _groups(tp1, norm: str, *overrides: str) -> tuple[set[str], set[str]]:
 
 @pytest.mark.parametrize("norm", ["dyt", "derf"])
 def test_undecayed_norm_scalars_are_alpha_and_shift_only(tp1_distributed, norm):
-    decayed, undecayed = _groups(tp1_distributed, norm, "train.decay_norm_scalars=false")
+    decayed, undecayed = _groups(
+        tp1_distributed, norm, "train.decay_norm_params=true", "train.decay_norm_scalars=false"
+    )
     scalars = {"alpha", "shift"} if norm == "derf" else {"alpha"}
     assert undecayed and {n.rsplit(".", 1)[1] for n in undecayed} == scalars
     assert len(undecayed) == len(scalars) * (2 * 4 + 1)  # every norm slot of the 4 layers
@@ -38,16 +40,25 @@ def test_undecayed_norm_scalars_are_alpha_and_shift_only(tp1_distributed, norm):
     assert any(n.endswith("embedding_scale") for n in decayed)
 
 
-def test_decay_norm_params_off_leaves_every_norm_parameter_and_the_scalar(tp1_distributed):
-    decayed, undecayed = _groups(tp1_distributed, "dyt", "train.decay_norm_params=false")
+def test_by_default_only_the_weight_matrices_decay(tp1_distributed):
+    decayed, undecayed = _groups(tp1_distributed, "dyt")
+    assert _groups(tp1_distributed, "dyt", "train.decay_norm_params=false") == (decayed, undecayed)
     assert any(n.endswith("embedding_scale") for n in undecayed)
     assert {n.rsplit(".", 1)[1] for n in undecayed} == {"alpha", "weight", "embedding_scale"}
     assert all("layernorm" not in n and "final_norm" not in n for n in decayed)
+    assert decayed and all(n.endswith("weight") for n in decayed)  # the matrices still decay
+
+
+def test_decay_norm_params_on_decays_every_parameter(tp1_distributed):
+    """megadyt's default before 2026-12-07: weight decay 0.1 on every parameter."""
+    decayed, undecayed = _groups(tp1_distributed, "dyt", "train.decay_norm_params=true")
+    assert not undecayed and any(n.endswith("embedding_scale") for n in decayed)
 
 
 def test_rmsnorm_has_no_norm_scalars_to_leave(tp1_distributed):
-    on = _groups(tp1_distributed, "rmsnorm", "train.decay_norm_scalars=true")
-    off = _groups(tp1_distributed, "rmsnorm", "train.decay_norm_scalars=false")
+    decay = "train.decay_norm_params=true"
+    on = _groups(tp1_distributed, "rmsnorm", decay, "train.decay_norm_scalars=true")
+    off = _groups(tp1_distributed, "rmsnorm", decay, "train.decay_norm_scalars=false")
     assert on == off and not on[1]  # the RMSNorm twin's optimizer does not change
 
 
@@ -63,7 +74,7 @@ def test_norm_scalar_lr_scale_groups_alpha_and_shift_alone(tp1_distributed):
     assert scalars == {"alpha", "shift"} and len(scaled[0]["params"]) == 2 * (2 * 4 + 1)
 
 
-def _first_step(run_dir: Path, zero: int, scale: float) -> dict[str, torch.Tensor]:
+def _first_step(run_dir: Path, zero: int, scale: float, decay: bool) -> dict[str, torch.Tensor]:
     """The norm parameters after one optimizer step (no warmup) of the small DyT model."""
     train_small(
         [
@@ -72,25 +83,28 @@ def _first_step(run_dir: Path, zero: int, scale: float) -> dict[str, torch.Tenso
             "train.save_interval=1",
             f"parallel.zero_stage={zero}",
             f"train.norm_scalar_lr_scale={scale}",
+            f"train.decay_norm_params={str(decay).lower()}",
         ]
     )
     _, weights = load_tp1_weights(run_dir)
     return {k: weights[k].float() for k in weights if "norm" in k and "extra_state" not in k}
 
 
-@pytest.mark.parametrize("zero", [0, 3])
-def test_alpha_moves_by_the_scaled_lr_and_gamma_by_the_lr(tmp_path, zero):
+@pytest.mark.parametrize(("zero", "decay"), [(0, True), (3, False)])
+def test_alpha_moves_by_the_scaled_lr_and_gamma_by_the_lr(tmp_path, zero, decay):
     """AdamW's first update is lr·g/|g| after decay, whatever the gradient's size: so after one
-    step α moves by lr·scale·(1 ± wd·α) and γ (init 1) by lr, under DeepSpeed's own groups."""
-    lr, wd, scale = 3e-3, 0.1, 0.25
-    frozen = _first_step(tmp_path / "frozen", zero, 0.0)
+    step α moves by lr·scale·(1 ± wd·α) and γ (init 1) by lr, under DeepSpeed's own groups;
+    with the norms spared decay (the default), wd is 0 for both."""
+    lr, scale = 3e-3, 0.25
+    wd = 0.1 if decay else 0.0
+    frozen = _first_step(tmp_path / "frozen", zero, 0.0, decay)
     calibrated = json.loads((tmp_path / "frozen" / "calibration.json").read_text())["norms"]
     alphas = {k: v for k, v in frozen.items() if k.endswith("alpha")}
     assert len(alphas) == len(calibrated) == 2 * 2 + 1
     assert sorted(float(v) for v in alphas.values()) == sorted(
         float(torch.tensor(n["alpha"])) for n in calibrated
     )  # scale 0: α is exactly its calibrated value
-    moved = _first_step(tmp_path / "scaled", zero, scale)
+    moved = _first_step(tmp_path / "scaled", zero, scale, decay)
     for name, before in alphas.items():
         step = moved[name] - before * (1 - lr * scale * wd)
         assert abs(step.abs().item() - lr * scale) < 0.02 * lr * scale, name
