@@ -194,8 +194,10 @@ def test_exact_resume_and_on_another_data_parallel_size(tmp_path, zero):
         assert result[f"{name}_at"] == 5, name
         got = torch.tensor([result[name][s] for s in range(6, 11)])
         want = torch.tensor([result["straight"][s] for s in range(6, 11)])
+        # another rank count sums gradients in another order: 5 steps drift by up to ~3e-4
+        # (ZeRO-3 with separate no-decay groups measured 2.4e-4); a wrong reshard is far larger
         torch.testing.assert_close(
-            got, want, rtol=2e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}"
+            got, want, rtol=5e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}"
         )
         # converted (the log), and the conversion removed by the first save at the new size
         universal = tmp_path / name / "checkpoints" / "universal"
